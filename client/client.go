@@ -1,0 +1,455 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/trust"
+	"github.com/keyhole-net/keyhole/internal/wg"
+)
+
+// Config configures a running client.
+type Config struct {
+	DataDir string
+	// NoRenew turns grant renewal off (grants then end at their NotAfter).
+	NoRenew bool
+	// MTU of the tunnel (0: 1420).
+	MTU    int
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Client holds the tunnel and the grants of one logged-in device. Create
+// with New, then Run; Dial, Forward and ServeSOCKS work while Run runs.
+type Client struct {
+	cfg  Config
+	log  *slog.Logger
+	now  func() time.Time
+	sess *session
+	net  *wg.Net
+	sf   singleflight.Group
+
+	mu       sync.Mutex // guards grants, byDest, peers
+	grants   map[api.GrantID]*liveGrant
+	byDest   map[string]*liveGrant // request string ("wiki", "wiki.corp.internal") → grant
+	peers    map[api.GatewayID]api.Peer
+	renewNow chan struct{}
+}
+
+// liveGrant is a grant the client holds, with its use count: renewal runs
+// only while something uses the grant.
+type liveGrant struct {
+	resp api.GrantResponse
+	uses int
+}
+
+// ErrDenied wraps a policy denial; its text is the controller's reason.
+var ErrDenied = errors.New("access denied")
+
+// New loads the login from cfg.DataDir and brings up the userspace tunnel.
+func New(cfg Config) (*Client, error) {
+	if cfg.DataDir == "" {
+		cfg.DataDir = DefaultDataDir()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s, err := loadSession(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	n, err := wg.New(wg.Config{
+		PrivateKey: s.wgKey,
+		Addresses:  []netip.Addr{s.profile.OverlayIP},
+		MTU:        cfg.MTU,
+		Logger:     cfg.Logger.With("component", "wireguard"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	return &Client{
+		cfg: cfg, log: cfg.Logger, now: cfg.Now, sess: s, net: n,
+		grants:   make(map[api.GrantID]*liveGrant),
+		byDest:   make(map[string]*liveGrant),
+		peers:    make(map[api.GatewayID]api.Peer),
+		renewNow: make(chan struct{}, 1),
+	}, nil
+}
+
+// Profile returns the login this client runs as.
+func (c *Client) Profile() Profile { return *c.sess.profile }
+
+// Run renews grants in use and keeps a status file for keyhole status,
+// until ctx is done; then it releases its grants and closes the tunnel.
+func (c *Client) Run(ctx context.Context) error {
+	defer c.net.Close()
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	lastStatus := time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			c.releaseAll()
+			_ = os.Remove(filepath.Join(c.cfg.DataDir, fileStatus))
+			return nil
+		case <-t.C:
+		case <-c.renewNow:
+		}
+		if !c.cfg.NoRenew {
+			c.renewDue(ctx)
+		}
+		if time.Since(lastStatus) > 2*time.Second {
+			c.writeStatus()
+			lastStatus = time.Now()
+		}
+	}
+}
+
+// Grant returns a live grant for dest (an app name, domain or address),
+// requesting one from the controller if needed. proto/port say what the
+// caller wants to reach (port 0: anything the app serves).
+func (c *Client) Grant(ctx context.Context, dest, proto string, port uint16) (api.GrantResponse, error) {
+	c.mu.Lock()
+	if lg := c.byDest[dest]; lg != nil && c.now().Before(lg.resp.Grant.NotAfter) && (port == 0 || api.PortsContain(lg.resp.Grant.Ports, proto, port)) {
+		resp := lg.resp
+		c.mu.Unlock()
+		return resp, nil
+	}
+	c.mu.Unlock()
+	v, err, _ := c.sf.Do(dest+"/"+proto+"/"+strconv.Itoa(int(port)), func() (any, error) {
+		var resp api.GrantResponse
+		err := c.sess.api.Do(ctx, "POST", "/v1/grants", api.GrantRequest{App: dest, Proto: proto, Port: port}, &resp)
+		if err != nil {
+			var ae *api.Error
+			if errors.As(err, &ae) && ae.Code == api.CodeDenied {
+				return nil, fmt.Errorf("%w: %s", ErrDenied, ae.Message)
+			}
+			return nil, fmt.Errorf("grant for %s: %w", dest, err)
+		}
+		if err := c.install(resp); err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		lg := c.grants[resp.Grant.ID]
+		c.byDest[dest] = lg
+		c.byDest[resp.Grant.App] = lg
+		c.mu.Unlock()
+		c.log.Info("grant received", "grant_id", resp.Grant.ID, "app", resp.Grant.App, "gateway_id", resp.Peer.GatewayID, "not_after", resp.Grant.NotAfter)
+		return resp, nil
+	})
+	if err != nil {
+		return api.GrantResponse{}, err
+	}
+	return v.(api.GrantResponse), nil
+}
+
+// install records a grant (new or renewed) and configures the gateway's
+// peer with the union of AllowedIPs of all live grants through it.
+func (c *Client) install(resp api.GrantResponse) error {
+	if len(resp.Peer.Endpoints) == 0 {
+		return fmt.Errorf("grant %s: gateway %s has no endpoint", resp.Grant.ID, resp.Peer.GatewayID)
+	}
+	c.mu.Lock()
+	lg := c.grants[resp.Grant.ID]
+	if lg == nil {
+		lg = &liveGrant{}
+		c.grants[resp.Grant.ID] = lg
+	}
+	lg.resp = resp
+	c.peers[resp.Peer.GatewayID] = resp.Peer
+	peer := c.peerLocked(resp.Peer.GatewayID)
+	c.mu.Unlock()
+	return c.net.UpsertPeer(peer)
+}
+
+// peerLocked builds the WireGuard peer for gateway gw from the live grants.
+func (c *Client) peerLocked(gw api.GatewayID) wg.Peer {
+	p := c.peers[gw]
+	var allowed []netip.Prefix
+	for _, lg := range c.grants {
+		if lg.resp.Peer.GatewayID == gw {
+			for _, t := range lg.resp.Grant.Targets {
+				if !slices.Contains(allowed, t.Prefix) {
+					allowed = append(allowed, t.Prefix)
+				}
+			}
+		}
+	}
+	return wg.Peer{
+		PublicKey:           p.PublicKey,
+		Endpoint:            p.Endpoints[0],
+		AllowedIPs:          allowed,
+		PersistentKeepalive: 25 * time.Second,
+	}
+}
+
+// drop forgets a grant and narrows (or removes) its gateway's peer.
+func (c *Client) drop(id api.GrantID, why string) {
+	c.mu.Lock()
+	lg := c.grants[id]
+	if lg == nil {
+		c.mu.Unlock()
+		return
+	}
+	delete(c.grants, id)
+	for d, x := range c.byDest {
+		if x == lg {
+			delete(c.byDest, d)
+		}
+	}
+	gw := lg.resp.Peer.GatewayID
+	peer := c.peerLocked(gw)
+	c.mu.Unlock()
+	c.log.Info("grant dropped", "grant_id", id, "app", lg.resp.Grant.App, "reason", why)
+	var err error
+	if len(peer.AllowedIPs) == 0 {
+		err = c.net.RemovePeer(peer.PublicKey)
+		c.mu.Lock()
+		delete(c.peers, gw)
+		c.mu.Unlock()
+	} else {
+		err = c.net.UpsertPeer(peer)
+	}
+	if err != nil {
+		c.log.Warn("updating peer after drop", "gateway_id", gw, "err", err)
+	}
+}
+
+// acquire marks a grant in use (renewals continue) until release is called.
+func (c *Client) acquire(id api.GrantID) (release func()) {
+	c.mu.Lock()
+	if lg := c.grants[id]; lg != nil {
+		lg.uses++
+	}
+	c.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			c.mu.Lock()
+			if lg := c.grants[id]; lg != nil {
+				lg.uses--
+			}
+			c.mu.Unlock()
+		})
+	}
+}
+
+// renewDue renews grants in use whose RenewAfter has passed, and drops
+// expired ones.
+func (c *Client) renewDue(ctx context.Context) {
+	now := c.now()
+	var due, expired []api.GrantID
+	c.mu.Lock()
+	for id, lg := range c.grants {
+		switch {
+		case !now.Before(lg.resp.Grant.NotAfter):
+			expired = append(expired, id)
+		case lg.uses > 0 && !now.Before(lg.resp.RenewAfter):
+			due = append(due, id)
+		}
+	}
+	c.mu.Unlock()
+	for _, id := range expired {
+		c.drop(id, "expired")
+	}
+	for _, id := range due {
+		var resp api.GrantResponse
+		err := c.sess.api.Do(ctx, "POST", "/v1/grants/"+string(id)+"/renew", nil, &resp)
+		var ae *api.Error
+		switch {
+		case err == nil:
+			if err := c.install(resp); err != nil {
+				c.log.Warn("installing renewed grant", "grant_id", id, "err", err)
+			}
+			c.log.Debug("grant renewed", "grant_id", id, "not_after", resp.Grant.NotAfter)
+		case errors.As(err, &ae) && (ae.Code == api.CodeDenied || ae.Code == api.CodeExpired || ae.Code == api.CodeNotFound || ae.Code == api.CodeForbidden):
+			c.log.Warn("grant not renewed; access ends", "grant_id", id, "reason", ae.Message)
+			c.drop(id, ae.Message)
+		default:
+			// Controller unreachable: keep the grant until NotAfter and retry.
+			c.log.Warn("grant renewal failed; retrying", "grant_id", id, "err", err)
+		}
+	}
+}
+
+// releaseAll tells the controller this client no longer needs its grants.
+func (c *Client) releaseAll() {
+	c.mu.Lock()
+	ids := make([]api.GrantID, 0, len(c.grants))
+	for id := range c.grants {
+		ids = append(ids, id)
+	}
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for _, id := range ids {
+		if err := c.sess.api.Do(ctx, "DELETE", "/v1/grants/"+string(id), nil, nil); err != nil {
+			c.log.Debug("releasing grant", "grant_id", id, "err", err)
+		}
+	}
+}
+
+// dialAddr picks the tunnel address for dest under grant resp: the virtual
+// IP of a domain, the address itself, or the app's only address.
+func dialAddr(resp api.GrantResponse, dest string) (netip.Addr, error) {
+	if ip, err := netip.ParseAddr(dest); err == nil {
+		ip = ip.Unmap()
+		for _, t := range resp.Grant.Targets {
+			if t.Prefix.Contains(ip) {
+				return ip, nil
+			}
+		}
+		return netip.Addr{}, fmt.Errorf("%s is not inside app %s", dest, resp.Grant.App)
+	}
+	for _, t := range resp.Grant.Targets {
+		if t.Host != "" && t.Host == dest {
+			return t.Prefix.Addr(), nil
+		}
+	}
+	for _, t := range resp.Grant.Targets {
+		if t.Host != "" || t.Prefix.IsSingleIP() {
+			return t.Prefix.Addr(), nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("app %s covers whole prefixes; name an address inside it (e.g. %s)", resp.Grant.App, resp.Grant.Targets[0].Prefix.Addr())
+}
+
+// Dial opens a connection to dest:port ("tcp" or "udp") through the tunnel,
+// requesting a grant first if needed. The grant is renewed while the
+// connection is open.
+func (c *Client) Dial(ctx context.Context, network, dest string, port uint16) (net.Conn, error) {
+	resp, err := c.Grant(ctx, dest, network, port)
+	if err != nil {
+		return nil, err
+	}
+	if port == 0 {
+		return nil, fmt.Errorf("dial %s: no port given", dest)
+	}
+	if !api.PortsContain(resp.Grant.Ports, network, port) {
+		return nil, fmt.Errorf("%w: app %s does not serve %s/%d (it serves %s)", ErrDenied, resp.Grant.App, network, port, api.FormatPortRanges(resp.Grant.Ports))
+	}
+	ip, err := dialAddr(resp, dest)
+	if err != nil {
+		return nil, err
+	}
+	release := c.acquire(resp.Grant.ID)
+	conn, err := c.net.DialContext(ctx, network, netip.AddrPortFrom(ip, port))
+	if err != nil {
+		release()
+		return nil, fmt.Errorf("dial %s (%s) through gateway %s: %w", dest, ip, resp.Peer.GatewayID, err)
+	}
+	return &usedConn{Conn: conn, release: release}, nil
+}
+
+// usedConn releases its grant use on Close.
+type usedConn struct {
+	net.Conn
+	release func()
+}
+
+func (u *usedConn) Close() error {
+	u.release()
+	return u.Conn.Close()
+}
+
+// CloseWrite half-closes when the tunnel connection supports it.
+func (u *usedConn) CloseWrite() error {
+	if cw, ok := u.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// --- status ---------------------------------------------------------------
+
+const fileStatus = "status.json"
+
+// Status is what a running client reports in its data directory for
+// keyhole status.
+type Status struct {
+	PID       int          `json:"pid"`
+	Updated   time.Time    `json:"updated"`
+	User      string       `json:"user"`
+	DeviceID  api.DeviceID `json:"device_id"`
+	OverlayIP netip.Addr   `json:"overlay_ip"`
+	Grants    []api.Grant  `json:"grants"`
+	Peers     []PeerStatus `json:"peers"`
+}
+
+// PeerStatus is one gateway peer as WireGuard sees it.
+type PeerStatus struct {
+	GatewayID     api.GatewayID  `json:"gateway_id"`
+	PublicKey     string         `json:"public_key"`
+	Endpoint      string         `json:"endpoint"`
+	AllowedIPs    []netip.Prefix `json:"allowed_ips"`
+	LastHandshake time.Time      `json:"last_handshake,omitzero"`
+	RxBytes       uint64         `json:"rx_bytes"`
+	TxBytes       uint64         `json:"tx_bytes"`
+}
+
+// Status returns the client's current state.
+func (c *Client) Status() Status {
+	st := Status{PID: os.Getpid(), Updated: time.Now().UTC(), User: c.sess.profile.User, DeviceID: c.sess.profile.DeviceID, OverlayIP: c.sess.profile.OverlayIP}
+	c.mu.Lock()
+	for _, lg := range c.grants {
+		st.Grants = append(st.Grants, lg.resp.Grant)
+	}
+	gwByKey := make(map[string]api.GatewayID)
+	for id, p := range c.peers {
+		gwByKey[p.PublicKey.String()] = id
+	}
+	c.mu.Unlock()
+	if ps, err := c.net.Peers(); err == nil {
+		for _, p := range ps {
+			st.Peers = append(st.Peers, PeerStatus{
+				GatewayID: gwByKey[p.PublicKey.String()], PublicKey: p.PublicKey.String(), Endpoint: p.Endpoint.String(),
+				AllowedIPs: p.AllowedIPs, LastHandshake: p.LastHandshake, RxBytes: p.RxBytes, TxBytes: p.TxBytes,
+			})
+		}
+	}
+	return st
+}
+
+func (c *Client) writeStatus() {
+	b, err := json.MarshalIndent(c.Status(), "", "  ")
+	if err == nil {
+		err = trust.WriteSecret(filepath.Join(c.cfg.DataDir, fileStatus), b)
+	}
+	if err != nil {
+		c.log.Debug("writing status", "err", err)
+	}
+}
+
+// ReadStatus returns the status a running client wrote in dir, if that
+// client is still alive.
+func ReadStatus(dir string) (*Status, error) {
+	b, err := os.ReadFile(filepath.Join(dir, fileStatus))
+	if err != nil {
+		return nil, err
+	}
+	var st Status
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, err
+	}
+	if time.Since(st.Updated) > 10*time.Second {
+		return nil, errors.New("status is stale (no client running)")
+	}
+	return &st, nil
+}

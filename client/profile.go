@@ -1,0 +1,213 @@
+// Package client is the Keyhole client for a person's device: login (device
+// key pair generated here, never sent), grant requests and renewal, the
+// userspace WireGuard tunnel, local port forwards and a SOCKS5 proxy that
+// requests grants on demand. It never listens beyond 127.0.0.1.
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/apiclient"
+	"github.com/keyhole-net/keyhole/internal/key"
+	"github.com/keyhole-net/keyhole/internal/trust"
+)
+
+// ErrNotLoggedIn means the data directory holds no login.
+var ErrNotLoggedIn = errors.New("not logged in; run keyhole login")
+
+// Profile is what a logged-in device keeps in its data directory. The
+// session token lives in its own 0600 file, not here.
+type Profile struct {
+	ControllerURL    string       `json:"controller_url"`
+	User             string       `json:"user"`
+	DeviceID         api.DeviceID `json:"device_id"`
+	OverlayIP        netip.Addr   `json:"overlay_ip"`
+	SessionExpiresAt time.Time    `json:"session_expires_at"`
+}
+
+const (
+	fileProfile = "profile.json"
+	fileSession = "session.token"
+	fileWGKey   = "wg.key"
+)
+
+// DefaultDataDir returns the per-user default data directory.
+func DefaultDataDir() string {
+	if d, err := os.UserConfigDir(); err == nil {
+		return filepath.Join(d, "keyhole")
+	}
+	return ".keyhole"
+}
+
+// LoginConfig is what keyhole login needs.
+type LoginConfig struct {
+	ControllerURL string
+	CAFingerprint string
+	User          string
+	Password      string
+	DeviceName    string
+	DataDir       string
+}
+
+// Login authenticates the user, enrols this device (or re-keys it when the
+// data directory already holds a login for the same user and controller),
+// and saves the device identity and session in DataDir.
+func Login(ctx context.Context, cfg LoginConfig) (*Profile, error) {
+	if cfg.ControllerURL == "" || cfg.CAFingerprint == "" || cfg.User == "" {
+		return nil, errors.New("login: --controller, --ca-fingerprint and --user are required")
+	}
+	if cfg.DeviceName == "" {
+		cfg.DeviceName, _ = os.Hostname()
+	}
+	pinned, err := apiclient.New(apiclient.Config{URL: cfg.ControllerURL, Fingerprint: cfg.CAFingerprint})
+	if err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	cs, err := pinned.ConnectionState(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	caCert, err := trust.CAFromChain(cs, cfg.CAFingerprint)
+	if err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	var deviceID api.DeviceID
+	if old, err := LoadProfile(cfg.DataDir); err == nil && old.User == cfg.User && old.ControllerURL == cfg.ControllerURL {
+		if creds, err := trust.LoadCredentials(cfg.DataDir); err == nil && creds.Fingerprint() == trust.Fingerprint(caCert) {
+			deviceID = old.DeviceID
+		}
+	}
+	// A fresh device key at every login: the old one stops working.
+	k, err := trust.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	csr, err := trust.NewCSR(k, cfg.DeviceName)
+	if err != nil {
+		return nil, err
+	}
+	wgKey, err := key.NewWGPrivate()
+	if err != nil {
+		return nil, err
+	}
+	var resp api.LoginResponse
+	err = pinned.Do(ctx, "POST", "/v1/login", api.LoginRequest{
+		User: cfg.User, Password: cfg.Password, DeviceID: deviceID, DeviceName: cfg.DeviceName,
+		CSR: csr, WGPublicKey: wgKey.Public(),
+	}, &resp)
+	if err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	cert, err := trust.ParseCertPEM(resp.Certificate)
+	if err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	creds := &trust.Credentials{Key: k, Cert: cert, CA: caCert}
+	if err := creds.Save(cfg.DataDir); err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	if err := trust.WriteSecret(filepath.Join(cfg.DataDir, fileWGKey), []byte(wgKey.Base64Secret()+"\n")); err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	if err := trust.WriteSecret(filepath.Join(cfg.DataDir, fileSession), []byte(resp.Session+"\n")); err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	p := &Profile{ControllerURL: cfg.ControllerURL, User: resp.User, DeviceID: resp.DeviceID, OverlayIP: resp.OverlayIP, SessionExpiresAt: resp.SessionExpiresAt}
+	b, _ := json.MarshalIndent(p, "", "  ")
+	if err := trust.WriteSecret(filepath.Join(cfg.DataDir, fileProfile), b); err != nil {
+		return nil, fmt.Errorf("login: %w", err)
+	}
+	return p, nil
+}
+
+// LoadProfile reads the login in dir.
+func LoadProfile(dir string) (*Profile, error) {
+	b, err := os.ReadFile(filepath.Join(dir, fileProfile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, ErrNotLoggedIn
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load profile: %w", err)
+	}
+	var p Profile
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("load profile %s: %w", dir, err)
+	}
+	return &p, nil
+}
+
+// session is everything needed to talk to the controller as this device.
+type session struct {
+	profile *Profile
+	creds   *trust.Credentials
+	wgKey   key.WGPrivate
+	api     *apiclient.Client
+}
+
+func loadSession(dir string) (*session, error) {
+	p, err := LoadProfile(dir)
+	if err != nil {
+		return nil, err
+	}
+	creds, err := trust.LoadCredentials(dir)
+	if errors.Is(err, trust.ErrNoCredentials) {
+		return nil, ErrNotLoggedIn
+	}
+	if err != nil {
+		return nil, err
+	}
+	tb, err := os.ReadFile(filepath.Join(dir, fileSession))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, ErrNotLoggedIn
+	}
+	if err != nil {
+		return nil, err
+	}
+	kb, err := os.ReadFile(filepath.Join(dir, fileWGKey))
+	if err != nil {
+		return nil, fmt.Errorf("load wireguard key: %w", err)
+	}
+	wgKey, err := key.ParseWGPrivate(string(trimSpace(kb)))
+	if err != nil {
+		return nil, err
+	}
+	c, err := apiclient.New(apiclient.Config{URL: p.ControllerURL, Credentials: creds, Bearer: string(trimSpace(tb))})
+	if err != nil {
+		return nil, err
+	}
+	return &session{profile: p, creds: creds, wgKey: wgKey, api: c}, nil
+}
+
+// Logout revokes this device's grants and session at the controller and
+// removes the session from dir. The device identity stays, so a later login
+// re-uses the device.
+func Logout(ctx context.Context, dir string) error {
+	s, err := loadSession(dir)
+	if err != nil {
+		return err
+	}
+	callErr := s.api.Do(ctx, "POST", "/v1/logout", nil, nil)
+	if err := os.Remove(filepath.Join(dir, fileSession)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("logout: %w", err)
+	}
+	if callErr != nil {
+		return fmt.Errorf("logout: local session removed, but the controller was not told: %w", callErr)
+	}
+	return nil
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}

@@ -1,0 +1,149 @@
+package controller
+
+import (
+	"errors"
+	"net/http"
+	"net/netip"
+
+	"github.com/keyhole-net/keyhole/controller/auth"
+	"github.com/keyhole-net/keyhole/controller/store"
+	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/trust"
+)
+
+// adminCaller is an authenticated admin.
+type adminCaller struct {
+	tokenID string
+}
+
+func (a adminCaller) actor() string { return "admin:" + a.tokenID }
+
+// deviceCaller is an authenticated device with a live session.
+type deviceCaller struct {
+	device store.Device
+	user   store.User
+}
+
+func (d deviceCaller) actor() string { return "user:" + d.user.Name }
+
+// gatewayCaller is an authenticated gateway.
+type gatewayCaller struct {
+	gateway store.Gateway
+}
+
+func (c *Controller) admin(fn func(http.ResponseWriter, *http.Request, adminCaller) error) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		a, err := c.authAdmin(r)
+		if err != nil {
+			return err
+		}
+		return fn(w, r, a)
+	}
+}
+
+func (c *Controller) authAdmin(r *http.Request) (adminCaller, error) {
+	tok := bearer(r)
+	if tok == "" {
+		return adminCaller{}, unauthorized("admin API needs an admin token: --token or KEYHOLE_ADMIN_TOKEN (the first one is in the controller's data directory, admin.token)")
+	}
+	t, err := c.store.AdminTokenByHash(r.Context(), auth.HashToken(tok))
+	if errors.Is(err, store.ErrNotFound) || (err == nil && !t.RevokedAt.IsZero()) {
+		return adminCaller{}, unauthorized("admin token not valid")
+	}
+	if err != nil {
+		return adminCaller{}, err
+	}
+	return adminCaller{tokenID: t.ID}, nil
+}
+
+// peerIdentity verifies the mTLS client certificate and returns its identity.
+func (c *Controller) peerIdentity(r *http.Request, wantKind string) (string, error) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return "", unauthorized("this endpoint needs the %s certificate (mTLS); log in or enrol first", wantKind)
+	}
+	kind, id, err := c.ca.VerifyClient(r.TLS.PeerCertificates[0], c.now())
+	if err != nil {
+		return "", unauthorized("client certificate not valid: %v", err)
+	}
+	if kind != wantKind {
+		return "", errf(http.StatusForbidden, api.CodeForbidden, "a %s certificate cannot call this endpoint", kind)
+	}
+	return id, nil
+}
+
+func (c *Controller) device(fn func(http.ResponseWriter, *http.Request, deviceCaller) error) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		d, err := c.authDevice(r)
+		if err != nil {
+			return err
+		}
+		return fn(w, r, d)
+	}
+}
+
+// authDevice needs both the device certificate and a session issued to that
+// device: a stolen session token is useless without the device key.
+func (c *Controller) authDevice(r *http.Request) (deviceCaller, error) {
+	id, err := c.peerIdentity(r, trust.KindDevice)
+	if err != nil {
+		return deviceCaller{}, err
+	}
+	tok := bearer(r)
+	if tok == "" {
+		return deviceCaller{}, unauthorized("no session; run keyhole login")
+	}
+	s, err := c.store.Session(r.Context(), auth.HashToken(tok))
+	if errors.Is(err, store.ErrNotFound) {
+		return deviceCaller{}, unauthorized("session not valid; run keyhole login")
+	}
+	if err != nil {
+		return deviceCaller{}, err
+	}
+	if s.DeviceID != api.DeviceID(id) {
+		c.log.Warn("session presented with another device's certificate", "device_id", id, "session_device_id", s.DeviceID)
+		return deviceCaller{}, unauthorized("session belongs to another device")
+	}
+	if !c.now().Before(s.ExpiresAt) {
+		return deviceCaller{}, errf(http.StatusUnauthorized, api.CodeExpired, "session expired; run keyhole login")
+	}
+	d, err := c.store.Device(r.Context(), s.DeviceID)
+	if err != nil {
+		return deviceCaller{}, storeErr("device", err)
+	}
+	if d.Disabled {
+		return deviceCaller{}, errf(http.StatusForbidden, api.CodeForbidden, "device %s is disabled; ask an admin", d.ID)
+	}
+	u, err := c.store.User(r.Context(), d.User)
+	if err != nil {
+		return deviceCaller{}, unauthorized("user of this device no longer exists")
+	}
+	if u.Disabled {
+		return deviceCaller{}, errf(http.StatusForbidden, api.CodeForbidden, "user %s is disabled; ask an admin", u.Name)
+	}
+	return deviceCaller{device: d, user: u}, nil
+}
+
+func (c *Controller) gateway(fn func(http.ResponseWriter, *http.Request, gatewayCaller) error) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		id, err := c.peerIdentity(r, trust.KindGateway)
+		if err != nil {
+			return err
+		}
+		g, err := c.store.Gateway(r.Context(), api.GatewayID(id))
+		if errors.Is(err, store.ErrNotFound) {
+			return unauthorized("gateway %s is not enrolled (removed?)", id)
+		}
+		if err != nil {
+			return err
+		}
+		return fn(w, r, gatewayCaller{gateway: g})
+	}
+}
+
+// remoteAddr returns the client's address as the controller saw it.
+func remoteAddr(r *http.Request) string {
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return ap.Addr().Unmap().String()
+	}
+	return r.RemoteAddr
+}

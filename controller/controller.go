@@ -1,0 +1,311 @@
+// Package controller is Keyhole's control plane: the HTTPS API for admins,
+// clients and gateways; per-request grant decisions (policy + posture) and
+// issuing; the gateway control streams that grants are pushed through; and
+// revocation. It owns the CA and the store; it never touches packets.
+//
+// Subpackages hold the pieces with one job each: policy (pure evaluation),
+// store (persistence), auth (passwords, tokens), ca (certificates), ipam
+// (address allocation).
+package controller
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyhole-net/keyhole/controller/auth"
+	"github.com/keyhole-net/keyhole/controller/ca"
+	"github.com/keyhole-net/keyhole/controller/store"
+	"github.com/keyhole-net/keyhole/controller/store/sqlite"
+	"github.com/keyhole-net/keyhole/internal/trust"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultListen          = ":8443"
+	DefaultGrantLifetime   = 10 * time.Minute
+	DefaultCertLifetime    = 12 * time.Hour
+	DefaultSessionLifetime = 24 * time.Hour
+	DefaultEnrolTokenTTL   = time.Hour
+	DefaultAckTimeout      = 5 * time.Second
+)
+
+// Config configures a controller. Only DataDir is required.
+type Config struct {
+	// DataDir holds the CA, server certificate, SQLite database and the
+	// first admin token. Created with mode 0700.
+	DataDir string
+	// Listen is the HTTPS API address (default ":8443").
+	Listen string
+	// Names are the DNS names and IPs the server certificate carries
+	// (default: localhost, 127.0.0.1, ::1 and the host name).
+	Names []string
+	// Store, when set, replaces the default SQLite store in DataDir.
+	Store store.Store
+	// GrantLifetime is how long a grant lives before renewal (default 10m).
+	GrantLifetime time.Duration
+	// CertLifetime is the lifetime of device and gateway certificates.
+	CertLifetime time.Duration
+	// SessionLifetime is how long a login lasts.
+	SessionLifetime time.Duration
+	// AckTimeout bounds the wait for a gateway to apply a pushed grant.
+	AckTimeout time.Duration
+	// Password holds argon2id parameters (zero: auth defaults).
+	Password auth.Params
+	// Logger receives logs (nil: discard).
+	Logger *slog.Logger
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+}
+
+// Controller is a running control plane. Create with New, start with Run.
+type Controller struct {
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
+	ca      *ca.CA
+	store   store.Store
+	ownsDB  bool
+	hub     *streamHub
+	metrics *metrics
+	catalog atomic.Pointer[catalog]
+	// catalogMu serialises catalog reloads so a slow reload cannot overwrite
+	// a newer one.
+	catalogMu sync.Mutex
+
+	firstAdminToken auth.Token // set only on the first start
+
+	mu       sync.Mutex // guards listener
+	listener net.Listener
+}
+
+// New opens (or creates, on first start) the controller's CA and store.
+func New(ctx context.Context, cfg Config) (*Controller, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("controller: DataDir is required")
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultListen
+	}
+	if len(cfg.Names) == 0 {
+		cfg.Names = []string{"localhost", "127.0.0.1", "::1"}
+		if h, err := os.Hostname(); err == nil && h != "localhost" {
+			cfg.Names = append(cfg.Names, h)
+		}
+	}
+	if cfg.GrantLifetime <= 0 {
+		cfg.GrantLifetime = DefaultGrantLifetime
+	}
+	if cfg.CertLifetime <= 0 {
+		cfg.CertLifetime = DefaultCertLifetime
+	}
+	if cfg.SessionLifetime <= 0 {
+		cfg.SessionLifetime = DefaultSessionLifetime
+	}
+	if cfg.AckTimeout <= 0 {
+		cfg.AckTimeout = DefaultAckTimeout
+	}
+	if cfg.Password == (auth.Params{}) {
+		cfg.Password = auth.DefaultParams
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("controller: data dir: %w", err)
+	}
+	c := &Controller{cfg: cfg, log: cfg.Logger, now: func() time.Time { return cfg.Now().UTC() }}
+	var created bool
+	var err error
+	c.ca, created, err = ca.LoadOrCreate(ca.Config{Dir: cfg.DataDir, Names: cfg.Names, Now: c.now})
+	if err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	c.store = cfg.Store
+	if c.store == nil {
+		c.store, err = sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(cfg.DataDir, "keyhole.db"), Pools: DefaultPools})
+		if err != nil {
+			return nil, fmt.Errorf("controller: %w", err)
+		}
+		c.ownsDB = true
+	}
+	c.metrics = newMetrics()
+	c.hub = newStreamHub(c.log, c.metrics)
+	if err := c.reloadCatalog(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if created {
+		if err := c.createFirstAdminToken(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (c *Controller) createFirstAdminToken(ctx context.Context) error {
+	tok, err := auth.NewToken(auth.PrefixAdmin)
+	if err != nil {
+		return err
+	}
+	if err := c.store.CreateAdminToken(ctx, store.AdminToken{
+		ID: auth.NewID("tok"), Hash: auth.HashToken(tok.Reveal()), Scope: "admin", CreatedAt: c.now(),
+	}); err != nil {
+		return fmt.Errorf("controller: first admin token: %w", err)
+	}
+	if err := trust.WriteSecret(filepath.Join(c.cfg.DataDir, "admin.token"), []byte(tok.Reveal()+"\n")); err != nil {
+		return fmt.Errorf("controller: first admin token: %w", err)
+	}
+	c.firstAdminToken = tok
+	return nil
+}
+
+// FirstAdminToken returns the admin token created on first start, or "" on
+// later starts (it is in DataDir/admin.token).
+func (c *Controller) FirstAdminToken() auth.Token { return c.firstAdminToken }
+
+// Fingerprint returns the CA fingerprint clients and gateways pin.
+func (c *Controller) Fingerprint() string { return c.ca.Fingerprint() }
+
+// Store returns the controller's store (for tools and tests in-process).
+func (c *Controller) Store() store.Store { return c.store }
+
+// Addr returns the bound API address once Run has started listening, or nil.
+func (c *Controller) Addr() net.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.listener == nil {
+		return nil
+	}
+	return c.listener.Addr()
+}
+
+// Listen binds the API address; Run calls it if it was not called before.
+// Calling it first lets a caller learn the port before Run.
+func (c *Controller) Listen() (net.Addr, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.listener != nil {
+		return c.listener.Addr(), nil
+	}
+	l, err := net.Listen("tcp", c.cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("controller: listen: %w", err)
+	}
+	c.listener = l
+	return l.Addr(), nil
+}
+
+// Run serves the API until ctx is done, then shuts down: gateway streams are
+// closed and in-flight requests get a moment to finish.
+func (c *Controller) Run(ctx context.Context) error {
+	if _, err := c.Listen(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	l := c.listener
+	c.mu.Unlock()
+	srv := &http.Server{
+		Handler:           logRequests(c.log, c.routes()),
+		TLSConfig:         c.ca.ServerTLS(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(c.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(tls.NewListener(l, srv.TLSConfig)) }()
+	c.log.Info("controller listening", "addr", l.Addr().String(), "ca_fingerprint", c.Fingerprint())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("controller: serve: %w", err)
+	case <-ctx.Done():
+	}
+	c.hub.closeAll()
+	shutCtx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil {
+		srv.Close()
+	}
+	<-errc
+	return nil
+}
+
+// Close releases the store if the controller opened it.
+func (c *Controller) Close() error {
+	if c.ownsDB && c.store != nil {
+		return c.store.Close()
+	}
+	return nil
+}
+
+func (c *Controller) routes() http.Handler {
+	mux := http.NewServeMux()
+	h := func(pattern string, fn handler) { mux.Handle(pattern, c.wrap(fn)) }
+
+	h("GET /v1/health", c.handleHealth)
+	mux.Handle("GET /metrics", c.metrics.handler())
+
+	// Admin API (admin token).
+	h("GET /v1/users", c.admin(c.handleUserList))
+	h("POST /v1/users", c.admin(c.handleUserAdd))
+	h("PATCH /v1/users/{name}", c.admin(c.handleUserUpdate))
+	h("DELETE /v1/users/{name}", c.admin(c.handleUserDelete))
+	h("GET /v1/groups", c.admin(c.handleGroupList))
+	h("POST /v1/groups", c.admin(c.handleGroupAdd))
+	h("GET /v1/apps", c.admin(c.handleAppList))
+	h("POST /v1/apps", c.admin(c.handleAppAdd))
+	h("DELETE /v1/apps/{name}", c.admin(c.handleAppDelete))
+	h("GET /v1/gateway-groups", c.admin(c.handleGatewayGroupList))
+	h("POST /v1/gateway-groups", c.admin(c.handleGatewayGroupAdd))
+	h("POST /v1/gateway-tokens", c.admin(c.handleGatewayTokenAdd))
+	h("GET /v1/gateways", c.admin(c.handleGatewayList))
+	h("GET /v1/policies", c.admin(c.handlePolicyList))
+	h("POST /v1/policies", c.admin(c.handlePolicyAdd))
+	h("DELETE /v1/policies/{id}", c.admin(c.handlePolicyDelete))
+	h("GET /v1/devices", c.admin(c.handleDeviceList))
+	h("PATCH /v1/devices/{id}", c.admin(c.handleDeviceUpdate))
+	h("GET /v1/grants", c.admin(c.handleGrantList))
+	h("GET /v1/audit", c.admin(c.handleAuditList))
+	h("GET /v1/flows", c.admin(c.handleFlowList))
+
+	// Clients.
+	h("POST /v1/login", c.handleLogin)
+	h("POST /v1/logout", c.device(c.handleLogout))
+	h("POST /v1/device/certificate", c.device(c.handleDeviceCert))
+	h("POST /v1/grants", c.device(c.handleGrantRequest))
+	h("POST /v1/grants/{id}/renew", c.device(c.handleGrantRenew))
+	// DELETE /v1/grants/{id}: the owning device or an admin.
+	h("DELETE /v1/grants/{id}", c.handleGrantRevoke)
+
+	// Gateways.
+	h("POST /v1/gateway/enrol", c.handleEnrol)
+	h("POST /v1/gateway/certificate", c.gateway(c.handleGatewayCert))
+	h("POST /v1/gateway/hello", c.gateway(c.handleGatewayHello))
+	h("GET /v1/gateway/stream", c.gateway(c.handleGatewayStream))
+	h("POST /v1/gateway/ack", c.gateway(c.handleGatewayAck))
+	h("POST /v1/gateway/flows", c.gateway(c.handleGatewayFlows))
+
+	// Everything else: a JSON 404/405 rather than net/http's plain text.
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern == "" {
+			c.writeError(w, r, notFound("no API endpoint %s %s; see docs/api.md", r.Method, r.URL.Path))
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,230 @@
+package controller
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/keyhole-net/keyhole/controller/auth"
+	"github.com/keyhole-net/keyhole/controller/store"
+	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/trust"
+)
+
+// streamPingInterval keeps idle streams alive through proxies and lets both
+// sides notice a dead connection.
+const streamPingInterval = 15 * time.Second
+
+// maxFlowBatch caps flow records per POST.
+const maxFlowBatch = 256
+
+func (c *Controller) handleEnrol(w http.ResponseWriter, r *http.Request) error {
+	var req api.EnrolRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.Name == "" {
+		req.Name = "gateway"
+	}
+	if err := checkName("gateway", req.Name); err != nil {
+		return err
+	}
+	if req.WGPublicKey.IsZero() {
+		return badRequest("wg_public_key is required")
+	}
+	if _, err := trust.ParseCSR(req.CSR); err != nil {
+		return badRequest("%v", err)
+	}
+	now := c.now()
+	ev := api.AuditEvent{Type: "gateway.enrol.fail", Time: now, Actor: "gateway", Source: remoteAddr(r)}
+	tok, err := c.store.ConsumeEnrolToken(r.Context(), auth.HashToken(req.Token), now)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		ev.Reason = "unknown token"
+		c.audit(r.Context(), ev)
+		return unauthorized("enrolment token not valid; create one with keyhole admin gateway token --group G")
+	case errors.Is(err, store.ErrTokenUsed):
+		ev.Reason = "token re-used"
+		c.audit(r.Context(), ev)
+		c.log.Warn("re-used gateway enrolment token refused", "source", remoteAddr(r))
+		return conflict("enrolment token was already used; tokens are one-time, create a new one")
+	case errors.Is(err, store.ErrExpired):
+		ev.Reason = "token expired"
+		c.audit(r.Context(), ev)
+		return errf(http.StatusUnauthorized, api.CodeExpired, "enrolment token expired; create a new one")
+	case err != nil:
+		return err
+	}
+	gw, err := c.store.CreateGateway(r.Context(), store.Gateway{
+		ID: api.GatewayID(auth.NewID("gw")), Name: req.Name, Group: tok.Group,
+		WGPublicKey: req.WGPublicKey, CreatedAt: now,
+	})
+	if err != nil {
+		return storeErr("gateway", err)
+	}
+	cert, err := c.ca.Sign(req.CSR, trust.KindGateway, string(gw.ID), c.cfg.CertLifetime, now)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	c.audit(r.Context(), api.AuditEvent{Type: "gateway.enrol", Actor: "gateway:" + string(gw.ID), GatewayID: gw.ID, Source: remoteAddr(r), Reason: "group " + tok.Group})
+	c.log.Info("gateway enrolled", "gateway_id", gw.ID, "name", gw.Name, "group", gw.Group)
+	writeJSON(w, http.StatusOK, api.EnrolResponse{
+		GatewayID: gw.ID, Group: gw.Group, Certificate: trust.CertPEM(cert.Raw), OverlayIP: gw.OverlayIP,
+	})
+	return nil
+}
+
+
+func (c *Controller) handleGatewayCert(w http.ResponseWriter, r *http.Request, g gatewayCaller) error {
+	return c.renewCert(w, r, trust.KindGateway, string(g.gateway.ID))
+}
+
+// renewCert signs a new certificate for the caller's current key only: a
+// renewal cannot move an identity to another key.
+func (c *Controller) renewCert(w http.ResponseWriter, r *http.Request, kind, id string) error {
+	var req api.CertificateRenewal
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	csr, err := trust.ParseCSR(req.CSR)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	cur := r.TLS.PeerCertificates[0]
+	if !publicKeysEqual(cur.PublicKey, csr.PublicKey) {
+		return badRequest("csr must be for the key of the current certificate")
+	}
+	cert, err := c.ca.Sign(req.CSR, kind, id, c.cfg.CertLifetime, c.now())
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	writeJSON(w, http.StatusOK, api.CertificateResponse{Certificate: trust.CertPEM(cert.Raw)})
+	return nil
+}
+
+func (c *Controller) handleGatewayHello(w http.ResponseWriter, r *http.Request, g gatewayCaller) error {
+	var req api.GatewayHello
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.WGPublicKey.IsZero() {
+		return badRequest("wg_public_key is required")
+	}
+	if len(req.Endpoints) > 16 {
+		return badRequest("at most 16 endpoints")
+	}
+	for _, ep := range req.Endpoints {
+		if !ep.IsValid() || ep.Port() == 0 {
+			return badRequest("endpoint %v is not a valid address:port", ep)
+		}
+	}
+	now := c.now()
+	if err := c.store.UpdateGatewayStatus(r.Context(), g.gateway.ID, req.WGPublicKey, req.Endpoints, now); err != nil {
+		return err
+	}
+	g.gateway.WGPublicKey, g.gateway.Endpoints, g.gateway.LastSeen = req.WGPublicKey, req.Endpoints, now
+	c.hub.updateInfo(g.gateway)
+	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+// handleGatewayStream holds GET /v1/gateway/stream: a sync event with every
+// live grant of the gateway, then pushes as they come, as NDJSON.
+func (c *Controller) handleGatewayStream(w http.ResponseWriter, r *http.Request, g gatewayCaller) error {
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		return errf(http.StatusInternalServerError, api.CodeInternal, "streaming not supported by this connection")
+	}
+	s := c.hub.open(g.gateway)
+	defer c.hub.remove(s)
+	live, err := c.store.LiveGrants(r.Context(), c.now(), g.gateway.ID, "")
+	if err != nil {
+		return err
+	}
+	sync := api.StreamEvent{Seq: 1, Type: api.EventSync, Time: c.now(), Grants: make([]api.GatewayGrant, 0, len(live))}
+	for _, gr := range live {
+		sync.Grants = append(sync.Grants, gatewayGrant(gr))
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set(api.HeaderStreamID, s.id)
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriter(w)
+	enc := json.NewEncoder(bw)
+	send := func(evs ...api.StreamEvent) error {
+		for _, ev := range evs {
+			if err := enc.Encode(ev); err != nil {
+				return err
+			}
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		flusher.Flush()
+		return nil
+	}
+	c.log.Info("gateway stream open", "gateway_id", g.gateway.ID, "stream", s.id, "live_grants", len(live))
+	if err := send(sync); err != nil {
+		return nil
+	}
+	ping := time.NewTicker(streamPingInterval)
+	defer ping.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			c.log.Info("gateway stream closed", "gateway_id", g.gateway.ID, "stream", s.id)
+			return nil
+		case <-s.done:
+			return nil
+		case <-ping.C:
+			if err := send(api.StreamEvent{Type: api.EventPing, Time: c.now()}); err != nil {
+				return nil
+			}
+		case <-s.wake:
+			if err := send(s.drain()...); err != nil {
+				c.log.Info("gateway stream write failed", "gateway_id", g.gateway.ID, "err", err)
+				return nil
+			}
+		}
+	}
+}
+
+func (c *Controller) handleGatewayAck(w http.ResponseWriter, r *http.Request, g gatewayCaller) error {
+	var req api.GatewayAck
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if !c.hub.ack(g.gateway.ID, req.Stream, req.Seq) {
+		return errf(http.StatusConflict, api.CodeConflict, "stream %q is not this gateway's current stream or seq %d was never sent; reconnect", req.Stream, req.Seq)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (c *Controller) handleGatewayFlows(w http.ResponseWriter, r *http.Request, g gatewayCaller) error {
+	var req api.FlowBatch
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if len(req.Records) > maxFlowBatch {
+		return badRequest("at most %d flow records per request", maxFlowBatch)
+	}
+	for i := range req.Records {
+		rec := &req.Records[i]
+		rec.GatewayID = g.gateway.ID
+		if rec.Proto != "tcp" && rec.Proto != "udp" {
+			return badRequest("record %d: proto must be tcp or udp", i)
+		}
+		if rec.End.Before(rec.Start) {
+			return badRequest("record %d: end before start", i)
+		}
+	}
+	if err := c.store.AppendFlows(r.Context(), req.Records...); err != nil {
+		return fmt.Errorf("store flows: %w", err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

@@ -1,0 +1,361 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/keyhole-net/keyhole/controller/auth"
+	"github.com/keyhole-net/keyhole/controller/policy"
+	"github.com/keyhole-net/keyhole/controller/store"
+	"github.com/keyhole-net/keyhole/internal/api"
+)
+
+// renewFraction is the part of a grant's lifetime after which clients renew.
+const renewFraction = 2.0 / 3.0
+
+func (c *Controller) handleGrantRequest(w http.ResponseWriter, r *http.Request, d deviceCaller) error {
+	start := time.Now()
+	var req api.GrantRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.App == "" || len(req.App) > 253 {
+		return badRequest("app: give an app name, domain or address (at most 253 characters)")
+	}
+	if req.Proto == "" {
+		req.Proto = "tcp"
+	}
+	if req.Proto != "tcp" && req.Proto != "udp" {
+		return badRequest("proto %q: want tcp or udp", req.Proto)
+	}
+	cat := c.catalog.Load()
+	base := api.AuditEvent{
+		Actor: d.actor(), User: d.user.Name, DeviceID: d.device.ID, Source: remoteAddr(r),
+	}
+	app, ok := cat.resolve(req.App)
+	if !ok {
+		base.Type, base.App, base.Reason = "grant.deny", req.App, fmt.Sprintf("no app matches %q", req.App)
+		c.audit(r.Context(), base)
+		c.metrics.grantsDenied.Inc()
+		return notFound("no app matches %q; ask an admin which apps exist (keyhole admin app list)", req.App)
+	}
+	base.App = app.Name
+	if req.Port != 0 && !api.PortsContain(app.Ports, req.Proto, req.Port) {
+		reason := fmt.Sprintf("app %s does not serve %s/%d (it serves %s)", app.Name, req.Proto, req.Port, api.FormatPortRanges(app.Ports))
+		base.Type, base.Reason = "grant.deny", reason
+		c.audit(r.Context(), base)
+		c.metrics.grantsDenied.Inc()
+		return errf(http.StatusForbidden, api.CodeDenied, "%s", reason)
+	}
+	dec := cat.policy.Evaluate(policy.Subject{User: d.user.Name, Groups: d.user.Groups}, app.Name)
+	if !dec.Allow {
+		base.Type, base.Rule, base.Reason = "grant.deny", dec.Rule, dec.Reason
+		c.audit(r.Context(), base)
+		c.metrics.grantsDenied.Inc()
+		c.log.Info("grant denied", "user", d.user.Name, "device_id", d.device.ID, "app", app.Name, "rule", dec.Rule, "reason", dec.Reason)
+		e := errf(http.StatusForbidden, api.CodeDenied, "%s", dec.Reason)
+		e.body.Rule = dec.Rule
+		return e
+	}
+	resp, err := c.issue(r.Context(), d, app, dec, base)
+	if err != nil {
+		return err
+	}
+	c.metrics.decisionSeconds.Observe(time.Since(start).Seconds())
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+// issue creates (or, when the device already holds a live grant for the app
+// through a connected gateway, extends) a grant, pushes it to the gateway and
+// waits for the gateway's ack before answering: the client's first handshake
+// must find the gateway ready.
+func (c *Controller) issue(ctx context.Context, d deviceCaller, app store.App, dec policy.Decision, ev api.AuditEvent) (api.GrantResponse, error) {
+	now := c.now()
+	live, err := c.store.LiveGrants(ctx, now, "", d.device.ID)
+	if err != nil {
+		return api.GrantResponse{}, err
+	}
+	for _, g := range live {
+		if g.AppID == app.ID && c.hub.connected(g.GatewayID) {
+			return c.extend(ctx, g, dec, ev)
+		}
+	}
+	gw, ok := c.hub.pick(app.GatewayGroup)
+	if !ok {
+		return api.GrantResponse{}, errf(http.StatusServiceUnavailable, api.CodeUnavailable,
+			"no gateway of group %q is connected for app %s; start one (keyhole gateway) or try again shortly", app.GatewayGroup, app.Name)
+	}
+	g := store.Grant{
+		Grant: api.Grant{
+			ID:        api.GrantID(auth.NewID("grt")),
+			DeviceID:  d.device.ID,
+			User:      d.user.Name,
+			App:       app.Name,
+			GatewayID: gw.ID,
+			ClientIP:  d.device.OverlayIP,
+			Targets:   grantTargets(app),
+			Ports:     app.Ports,
+			Rule:      dec.Rule,
+			CreatedAt: now,
+			NotAfter:  now.Add(c.cfg.GrantLifetime),
+		},
+		AppID:       app.ID,
+		ClientWGKey: d.device.WGPublicKey,
+	}
+	ev.Type, ev.Time, ev.GrantID, ev.GatewayID, ev.Rule, ev.Reason = "grant.allow", now, g.ID, gw.ID, dec.Rule, dec.Reason
+	if err := c.store.CreateGrant(ctx, g, ev); err != nil {
+		return api.GrantResponse{}, fmt.Errorf("create grant: %w", err)
+	}
+	if err := c.pushGrant(ctx, g); err != nil {
+		c.log.Warn("gateway did not take grant; revoking it", "grant_id", g.ID, "gateway_id", gw.ID, "err", err)
+		_, _ = c.revoke(context.WithoutCancel(ctx), []api.GrantID{g.ID}, "gateway did not acknowledge the grant", "controller")
+		return api.GrantResponse{}, errf(http.StatusBadGateway, api.CodeGatewayError,
+			"gateway %s did not take the grant in time; try again", gw.ID)
+	}
+	c.metrics.grantsIssued.Inc()
+	c.log.Info("grant issued", "grant_id", g.ID, "user", g.User, "device_id", g.DeviceID, "app", g.App, "gateway_id", gw.ID, "rule", dec.Rule, "not_after", g.NotAfter)
+	return c.grantResponse(g, gw), nil
+}
+
+// extend gives a live grant a new NotAfter and pushes the update.
+func (c *Controller) extend(ctx context.Context, g store.Grant, dec policy.Decision, ev api.AuditEvent) (api.GrantResponse, error) {
+	now := c.now()
+	g.NotAfter = now.Add(c.cfg.GrantLifetime)
+	g.Rule = dec.Rule
+	ev.Type, ev.Time, ev.GrantID, ev.GatewayID, ev.Rule, ev.Reason = "grant.renew", now, g.ID, g.GatewayID, dec.Rule, dec.Reason
+	if err := c.store.RenewGrant(ctx, g.ID, g.NotAfter, ev); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return api.GrantResponse{}, errf(http.StatusGone, api.CodeExpired, "grant %s expired or was revoked; request a new one", g.ID)
+		}
+		return api.GrantResponse{}, fmt.Errorf("renew grant: %w", err)
+	}
+	if err := c.pushGrant(ctx, g); err != nil {
+		// The gateway still holds the old expiry; the client may retry.
+		return api.GrantResponse{}, errf(http.StatusBadGateway, api.CodeGatewayError, "gateway %s did not take the renewal in time; try again", g.GatewayID)
+	}
+	c.metrics.grantsRenewed.Inc()
+	info, ok := c.hub.info(g.GatewayID)
+	if !ok {
+		var err error
+		if info, err = c.store.Gateway(ctx, g.GatewayID); err != nil {
+			return api.GrantResponse{}, fmt.Errorf("renew grant: gateway %s: %w", g.GatewayID, err)
+		}
+	}
+	return c.grantResponse(g, info), nil
+}
+
+func (c *Controller) pushGrant(ctx context.Context, g store.Grant) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.AckTimeout)
+	defer cancel()
+	return c.hub.push(ctx, g.GatewayID, api.StreamEvent{
+		Type: api.EventGrant, Time: c.now(), Grants: []api.GatewayGrant{gatewayGrant(g)},
+	})
+}
+
+func gatewayGrant(g store.Grant) api.GatewayGrant {
+	return api.GatewayGrant{
+		ID: g.ID, DeviceID: g.DeviceID, User: g.User, App: g.App, ClientIP: g.ClientIP,
+		ClientWGKey: g.ClientWGKey, Targets: g.Targets, Ports: g.Ports, NotAfter: g.NotAfter,
+	}
+}
+
+func (c *Controller) grantResponse(g store.Grant, gw store.Gateway) api.GrantResponse {
+	allowed := make([]netip.Prefix, 0, len(g.Targets))
+	for _, t := range g.Targets {
+		allowed = append(allowed, t.Prefix)
+	}
+	life := g.NotAfter.Sub(c.now())
+	return api.GrantResponse{
+		Grant: g.Grant,
+		Peer: api.Peer{
+			GatewayID: gw.ID, PublicKey: gw.WGPublicKey, Endpoints: gw.Endpoints, AllowedIPs: allowed,
+		},
+		RenewAfter: c.now().Add(time.Duration(float64(life) * renewFraction)),
+	}
+}
+
+func (c *Controller) handleGrantRenew(w http.ResponseWriter, r *http.Request, d deviceCaller) error {
+	id := api.GrantID(r.PathValue("id"))
+	g, err := c.store.Grant(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && g.DeviceID != d.device.ID) {
+		return notFound("grant %s not found for this device", id)
+	}
+	if err != nil {
+		return err
+	}
+	if !g.RevokedAt.IsZero() {
+		return errf(http.StatusGone, api.CodeExpired, "grant %s was revoked (%s); request a new one", id, g.RevokeReason)
+	}
+	if !c.now().Before(g.NotAfter) {
+		return errf(http.StatusGone, api.CodeExpired, "grant %s expired; request a new one", id)
+	}
+	cat := c.catalog.Load()
+	ev := api.AuditEvent{Actor: d.actor(), User: d.user.Name, DeviceID: d.device.ID, App: g.App, Source: remoteAddr(r)}
+	name, ok := cat.byID[g.AppID]
+	if !ok {
+		_, _ = c.revoke(r.Context(), []api.GrantID{id}, "app removed", d.actor())
+		return errf(http.StatusGone, api.CodeExpired, "app %s was removed; grant %s revoked", g.App, id)
+	}
+	dec := cat.policy.Evaluate(policy.Subject{User: d.user.Name, Groups: d.user.Groups}, name)
+	if !dec.Allow {
+		ev.Type, ev.Rule, ev.Reason, ev.GrantID = "grant.deny", dec.Rule, dec.Reason, id
+		c.audit(r.Context(), ev)
+		_, _ = c.revoke(r.Context(), []api.GrantID{id}, "renewal denied: "+dec.Reason, d.actor())
+		e := errf(http.StatusForbidden, api.CodeDenied, "%s", dec.Reason)
+		e.body.Rule = dec.Rule
+		return e
+	}
+	resp, err := c.extend(r.Context(), g, dec, ev)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+// handleGrantRevoke serves DELETE /v1/grants/{id} for admins and for the
+// device that holds the grant (a client releasing what it no longer needs).
+func (c *Controller) handleGrantRevoke(w http.ResponseWriter, r *http.Request) error {
+	id := api.GrantID(r.PathValue("id"))
+	var actor string
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		d, err := c.authDevice(r)
+		if err != nil {
+			return err
+		}
+		g, err := c.store.Grant(r.Context(), id)
+		if err != nil || g.DeviceID != d.device.ID {
+			return notFound("grant %s not found for this device", id)
+		}
+		actor = d.actor()
+	} else {
+		a, err := c.authAdmin(r)
+		if err != nil {
+			return err
+		}
+		if _, err := c.store.Grant(r.Context(), id); err != nil {
+			return storeErr("grant "+string(id), err)
+		}
+		actor = a.actor()
+	}
+	revoked, err := c.revoke(r.Context(), []api.GrantID{id}, "revoked by "+actor, actor)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"revoked": len(revoked)})
+	return nil
+}
+
+// revoke marks grants revoked in the store (the source of truth), then
+// pushes the removal to each gateway and waits briefly for its ack so
+// callers can rely on live connections being closed. A gateway that is not
+// connected learns it from the sync on reconnect, and expires the grant on
+// its own clock in any case.
+func (c *Controller) revoke(ctx context.Context, ids []api.GrantID, reason, actor string) ([]store.Grant, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	now := c.now()
+	revoked, err := c.store.RevokeGrants(ctx, ids, reason, now, api.AuditEvent{Type: "grant.revoke", Time: now, Actor: actor, Reason: reason})
+	if err != nil {
+		return nil, fmt.Errorf("revoke grants: %w", err)
+	}
+	byGateway := make(map[api.GatewayID][]api.GrantID)
+	for _, g := range revoked {
+		byGateway[g.GatewayID] = append(byGateway[g.GatewayID], g.ID)
+		c.log.Info("grant revoked", "grant_id", g.ID, "user", g.User, "app", g.App, "gateway_id", g.GatewayID, "reason", reason)
+	}
+	c.metrics.grantsRevoked.Add(float64(len(revoked)))
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.AckTimeout)
+	defer cancel()
+	errc := make(chan error, len(byGateway))
+	for gw, gids := range byGateway {
+		go func() {
+			errc <- c.hub.push(pctx, gw, api.StreamEvent{Type: api.EventRevoke, Time: now, GrantIDs: gids, Reason: reason})
+		}()
+	}
+	for range byGateway {
+		if err := <-errc; err != nil && !errors.Is(err, errNotConnected) {
+			c.log.Warn("revocation not acknowledged; the gateway will drop it on reconnect or expiry", "err", err)
+		}
+	}
+	return revoked, nil
+}
+
+// reevaluate re-checks every live grant against the current users, devices,
+// apps and policy, and revokes those no longer allowed. Every admin change
+// that can take access away calls it, so the rule "revocable within a
+// second" holds for policy edits as much as for explicit revocations.
+func (c *Controller) reevaluate(ctx context.Context, why, actor string) error {
+	if err := c.reloadCatalog(ctx); err != nil {
+		return err
+	}
+	cat := c.catalog.Load()
+	live, err := c.store.LiveGrants(ctx, c.now(), "", "")
+	if err != nil {
+		return fmt.Errorf("reevaluate: %w", err)
+	}
+	users := make(map[string]*store.User)
+	devices := make(map[api.DeviceID]*store.Device)
+	byReason := make(map[string][]api.GrantID)
+	for _, g := range live {
+		u, ok := users[g.User]
+		if !ok {
+			if uu, err := c.store.User(ctx, g.User); err == nil {
+				u = &uu
+			}
+			users[g.User] = u
+		}
+		dv, ok := devices[g.DeviceID]
+		if !ok {
+			if dd, err := c.store.Device(ctx, g.DeviceID); err == nil {
+				dv = &dd
+			}
+			devices[g.DeviceID] = dv
+		}
+		var reason string
+		name, appOK := cat.byID[g.AppID]
+		switch {
+		case u == nil:
+			reason = "user removed"
+		case u.Disabled:
+			reason = "user disabled"
+		case dv == nil:
+			reason = "device removed"
+		case dv.Disabled:
+			reason = "device disabled"
+		case !appOK:
+			reason = "app removed"
+		default:
+			dec := cat.policy.Evaluate(policy.Subject{User: u.Name, Groups: u.Groups}, name)
+			if !dec.Allow {
+				reason = "policy no longer allows it: " + dec.Reason
+			}
+		}
+		if reason != "" {
+			byReason[why+": "+reason] = append(byReason[why+": "+reason], g.ID)
+		}
+	}
+	for reason, ids := range byReason {
+		if _, err := c.revoke(ctx, ids, reason, actor); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// audit appends an event; a failure to audit is logged loudly but does not
+// turn a denial into an error for the caller.
+func (c *Controller) audit(ctx context.Context, ev api.AuditEvent) {
+	if ev.Time.IsZero() {
+		ev.Time = c.now()
+	}
+	if err := c.store.AppendAudit(ctx, ev); err != nil {
+		c.log.Error("audit write failed", "type", ev.Type, "err", err)
+	}
+}

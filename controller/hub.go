@@ -1,0 +1,238 @@
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	mrand "math/rand/v2"
+	"sync"
+
+	"github.com/keyhole-net/keyhole/controller/store"
+	"github.com/keyhole-net/keyhole/internal/api"
+)
+
+// errNotConnected means the gateway holds no control stream right now.
+var errNotConnected = errors.New("gateway not connected")
+
+// errStreamClosed means the stream ended before the gateway acknowledged.
+var errStreamClosed = errors.New("gateway stream closed before it acknowledged")
+
+// streamHub holds the one live control stream of each connected gateway and
+// delivers pushes to it, waiting for the gateway's cumulative ack.
+type streamHub struct {
+	log     *slog.Logger
+	metrics *metrics
+
+	mu      sync.Mutex // guards streams
+	streams map[api.GatewayID]*gwStream
+}
+
+// gwStream is one gateway's control stream. The handler goroutine serving
+// GET /v1/gateway/stream owns it and is the only writer to the wire.
+type gwStream struct {
+	id   string // names this stream in acks
+	info store.Gateway
+	wake chan struct{} // cap 1: new events queued
+	done chan struct{} // closed once, when the stream ends
+
+	mu      sync.Mutex // guards the fields below
+	nextSeq uint64
+	acked   uint64
+	queue   []api.StreamEvent
+	waiters map[uint64]chan struct{}
+	closed  bool
+}
+
+func newStreamHub(log *slog.Logger, m *metrics) *streamHub {
+	return &streamHub{log: log, metrics: m, streams: make(map[api.GatewayID]*gwStream)}
+}
+
+// open registers a new stream for gw, closing any older one. Sequence 1 is
+// reserved for the sync event the handler sends first; pushes get 2 and up,
+// so anything pushed while the snapshot is read is applied after it.
+func (h *streamHub) open(gw store.Gateway) *gwStream {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	s := &gwStream{
+		id:      hex.EncodeToString(b[:]),
+		info:    gw,
+		wake:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
+		nextSeq: 2,
+		waiters: make(map[uint64]chan struct{}),
+	}
+	h.mu.Lock()
+	old := h.streams[gw.ID]
+	h.streams[gw.ID] = s
+	h.mu.Unlock()
+	if old != nil {
+		h.log.Info("gateway reconnected; closing its older stream", "gateway_id", gw.ID)
+		old.close()
+	}
+	h.metrics.streams.Inc()
+	return s
+}
+
+// remove unregisters s if it is still gw's current stream, and closes it.
+func (h *streamHub) remove(s *gwStream) {
+	h.mu.Lock()
+	if h.streams[s.info.ID] == s {
+		delete(h.streams, s.info.ID)
+	}
+	h.mu.Unlock()
+	if s.close() {
+		h.metrics.streams.Dec()
+	}
+}
+
+func (h *streamHub) closeAll() {
+	h.mu.Lock()
+	all := make([]*gwStream, 0, len(h.streams))
+	for _, s := range h.streams {
+		all = append(all, s)
+	}
+	h.mu.Unlock()
+	for _, s := range all {
+		h.remove(s)
+	}
+}
+
+func (h *streamHub) get(gw api.GatewayID) *gwStream {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.streams[gw]
+}
+
+// info returns what the hub knows of a connected gateway.
+func (h *streamHub) info(gw api.GatewayID) (store.Gateway, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.streams[gw]; s != nil {
+		return s.info, true
+	}
+	return store.Gateway{}, false
+}
+
+// connected reports whether gw holds a stream.
+func (h *streamHub) connected(gw api.GatewayID) bool { return h.get(gw) != nil }
+
+// pick returns a connected gateway of group, chosen at random so load
+// spreads across the group.
+func (h *streamHub) pick(group string) (store.Gateway, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var cands []store.Gateway
+	for _, s := range h.streams {
+		if s.info.Group == group {
+			cands = append(cands, s.info)
+		}
+	}
+	if len(cands) == 0 {
+		return store.Gateway{}, false
+	}
+	return cands[mrand.IntN(len(cands))], true
+}
+
+// updateInfo refreshes what the hub knows of a connected gateway (after a hello).
+func (h *streamHub) updateInfo(gw store.Gateway) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.streams[gw.ID]; s != nil {
+		s.info = gw
+	}
+}
+
+// push queues ev for gw and waits until the gateway acknowledges it, ctx
+// ends, or the stream closes.
+func (h *streamHub) push(ctx context.Context, gw api.GatewayID, ev api.StreamEvent) error {
+	s := h.get(gw)
+	if s == nil {
+		return fmt.Errorf("push to %s: %w", gw, errNotConnected)
+	}
+	wait, err := s.enqueue(ev)
+	if err != nil {
+		return fmt.Errorf("push to %s: %w", gw, err)
+	}
+	select {
+	case <-wait:
+		return nil
+	case <-s.done:
+		// The ack may have raced with the close.
+		select {
+		case <-wait:
+			return nil
+		default:
+		}
+		return fmt.Errorf("push to %s: %w", gw, errStreamClosed)
+	case <-ctx.Done():
+		return fmt.Errorf("push to %s: waiting for ack: %w", gw, ctx.Err())
+	}
+}
+
+// ack releases every waiter up to seq on stream id of gw. Acks for an older
+// stream are ignored: its events were superseded by the new stream's sync.
+func (h *streamHub) ack(gw api.GatewayID, id string, seq uint64) bool {
+	s := h.get(gw)
+	if s == nil || s.id != id {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if seq >= s.nextSeq {
+		// Acking what was never sent is a broken or lying gateway.
+		return false
+	}
+	if seq > s.acked {
+		s.acked = seq
+	}
+	for q, ch := range s.waiters {
+		if q <= seq {
+			close(ch)
+			delete(s.waiters, q)
+		}
+	}
+	return true
+}
+
+func (s *gwStream) enqueue(ev api.StreamEvent) (<-chan struct{}, error) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, errStreamClosed
+	}
+	ev.Seq = s.nextSeq
+	s.nextSeq++
+	ch := make(chan struct{})
+	s.waiters[ev.Seq] = ch
+	s.queue = append(s.queue, ev)
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return ch, nil
+}
+
+// drain takes the queued events.
+func (s *gwStream) drain() []api.StreamEvent {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.queue
+	s.queue = nil
+	return q
+}
+
+// close ends the stream once; it reports whether this call closed it.
+func (s *gwStream) close() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.closed = true
+	close(s.done)
+	return true
+}

@@ -1,0 +1,164 @@
+package controller
+
+import (
+	"crypto/ecdsa"
+	"errors"
+	"net/http"
+
+	"github.com/keyhole-net/keyhole/controller/auth"
+	"github.com/keyhole-net/keyhole/controller/store"
+	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/trust"
+)
+
+// maxPasswordBytes caps passwords before hashing: argon2 over an unbounded
+// input is a denial of service.
+const maxPasswordBytes = 1024
+
+func (c *Controller) handleHealth(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, api.Health{Version: api.Version, CAFingerprint: c.Fingerprint()})
+	return nil
+}
+
+// handleLogin authenticates a user by password and enrols (or re-keys) the
+// device: the answer is a device certificate for the CSR's key and a
+// session bound to that device.
+func (c *Controller) handleLogin(w http.ResponseWriter, r *http.Request) error {
+	var req api.LoginRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if err := checkUserName(req.User); err != nil {
+		return err
+	}
+	if len(req.Password) > maxPasswordBytes {
+		return badRequest("password longer than %d bytes", maxPasswordBytes)
+	}
+	if req.DeviceName == "" {
+		req.DeviceName = "device"
+	}
+	if len(req.DeviceName) > 64 {
+		return badRequest("device_name longer than 64 characters")
+	}
+	if req.WGPublicKey.IsZero() {
+		return badRequest("wg_public_key is required")
+	}
+	if _, err := trust.ParseCSR(req.CSR); err != nil {
+		return badRequest("%v", err)
+	}
+	now := c.now()
+	fail := func(reason string) error {
+		c.audit(r.Context(), api.AuditEvent{Type: "login.fail", Time: now, Actor: "user:" + req.User, User: req.User, Source: remoteAddr(r), Reason: reason})
+		c.log.Info("login refused", "user", req.User, "source", remoteAddr(r), "reason", reason)
+		return unauthorized("wrong user name or password")
+	}
+	u, err := c.store.User(r.Context(), req.User)
+	if errors.Is(err, store.ErrNotFound) {
+		auth.DummyVerify(req.Password, c.cfg.Password)
+		return fail("unknown user")
+	}
+	if err != nil {
+		return err
+	}
+	if u.PasswordHash == "" {
+		auth.DummyVerify(req.Password, c.cfg.Password)
+		return fail("no password set")
+	}
+	ok, err := auth.VerifyPassword(u.PasswordHash, req.Password)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fail("wrong password")
+	}
+	if u.Disabled {
+		c.audit(r.Context(), api.AuditEvent{Type: "login.fail", Time: now, Actor: "user:" + u.Name, User: u.Name, Source: remoteAddr(r), Reason: "user disabled"})
+		return errf(http.StatusForbidden, api.CodeForbidden, "user %s is disabled; ask an admin", u.Name)
+	}
+
+	var dev store.Device
+	if req.DeviceID != "" {
+		dev, err = c.store.Device(r.Context(), req.DeviceID)
+		if errors.Is(err, store.ErrNotFound) || (err == nil && dev.User != u.Name) {
+			return notFound("device %s not found for user %s; log in without it to enrol a new device", req.DeviceID, u.Name)
+		}
+		if err != nil {
+			return err
+		}
+		if dev.Disabled {
+			return errf(http.StatusForbidden, api.CodeForbidden, "device %s is disabled; ask an admin", dev.ID)
+		}
+		// Login rotates the device's WireGuard key.
+		dev.WGPublicKey, dev.Name, dev.LastSeen = req.WGPublicKey, req.DeviceName, now
+		if err := c.store.UpdateDevice(r.Context(), dev); err != nil {
+			return err
+		}
+		// Grants carry the old key; drop them so the gateway forgets it.
+		if live, err := c.store.LiveGrants(r.Context(), now, "", dev.ID); err == nil && len(live) > 0 {
+			ids := make([]api.GrantID, len(live))
+			for i, g := range live {
+				ids[i] = g.ID
+			}
+			if _, err := c.revoke(r.Context(), ids, "device logged in again (key rotated)", "user:"+u.Name); err != nil {
+				return err
+			}
+		}
+	} else {
+		dev, err = c.store.CreateDevice(r.Context(), store.Device{
+			ID: api.DeviceID(auth.NewID("dev")), User: u.Name, Name: req.DeviceName,
+			WGPublicKey: req.WGPublicKey, CreatedAt: now, LastSeen: now,
+		})
+		if err != nil {
+			return storeErr("device", err)
+		}
+	}
+	cert, err := c.ca.Sign(req.CSR, trust.KindDevice, string(dev.ID), c.cfg.CertLifetime, now)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	tok, err := auth.NewToken(auth.PrefixSession)
+	if err != nil {
+		return err
+	}
+	sess := store.Session{Hash: auth.HashToken(tok.Reveal()), DeviceID: dev.ID, User: u.Name, CreatedAt: now, ExpiresAt: now.Add(c.cfg.SessionLifetime)}
+	if err := c.store.CreateSession(r.Context(), sess); err != nil {
+		return err
+	}
+	c.audit(r.Context(), api.AuditEvent{Type: "login", Time: now, Actor: "user:" + u.Name, User: u.Name, DeviceID: dev.ID, Source: remoteAddr(r)})
+	c.log.Info("login", "user", u.Name, "device_id", dev.ID, "source", remoteAddr(r))
+	writeJSON(w, http.StatusOK, api.LoginResponse{
+		DeviceID: dev.ID, User: u.Name, Session: tok.Reveal(), SessionExpiresAt: sess.ExpiresAt,
+		Certificate: trust.CertPEM(cert.Raw), OverlayIP: dev.OverlayIP,
+	})
+	return nil
+}
+
+func (c *Controller) handleLogout(w http.ResponseWriter, r *http.Request, d deviceCaller) error {
+	live, err := c.store.LiveGrants(r.Context(), c.now(), "", d.device.ID)
+	if err != nil {
+		return err
+	}
+	ids := make([]api.GrantID, len(live))
+	for i, g := range live {
+		ids[i] = g.ID
+	}
+	if _, err := c.revoke(r.Context(), ids, "logout", d.actor()); err != nil {
+		return err
+	}
+	if err := c.store.DeleteSessions(r.Context(), d.device.ID); err != nil {
+		return err
+	}
+	c.audit(r.Context(), api.AuditEvent{Type: "logout", Actor: d.actor(), User: d.user.Name, DeviceID: d.device.ID, Source: remoteAddr(r)})
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (c *Controller) handleDeviceCert(w http.ResponseWriter, r *http.Request, d deviceCaller) error {
+	return c.renewCert(w, r, trust.KindDevice, string(d.device.ID))
+}
+
+func publicKeysEqual(a, b any) bool {
+	ea, ok1 := a.(*ecdsa.PublicKey)
+	eb, ok2 := b.(*ecdsa.PublicKey)
+	return ok1 && ok2 && ea.Equal(eb)
+}

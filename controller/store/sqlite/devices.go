@@ -1,0 +1,150 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+
+	"github.com/keyhole-net/keyhole/controller/store"
+	"github.com/keyhole-net/keyhole/internal/api"
+)
+
+// CreateDevice implements store.Store; it fails with ErrNotFound when the
+// user does not exist.
+func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device, error) {
+	if d.ID == "" {
+		id, err := newID("dev_")
+		if err != nil {
+			return store.Device{}, fmt.Errorf("create device for %q: %w", d.User, err)
+		}
+		d.ID = api.DeviceID(id)
+	}
+	d.CreatedAt = orNow(d.CreatedAt)
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		ip, err := allocate(ctx, tx, s.pools.Devices, "device:"+string(d.ID))
+		if err != nil {
+			return err
+		}
+		d.OverlayIP = ip
+		_, err = tx.ExecContext(ctx, `
+			INSERT INTO devices (id, user_name, name, overlay_ip, wg_key, disabled, created_at, last_seen)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+			string(d.ID), d.User, d.Name, ip.String(), dbKey(d.WGPublicKey), boolInt(d.Disabled), dbTime(d.CreatedAt), dbTime(d.LastSeen))
+		if isConstraint(err, sqliteFK) {
+			return fmt.Errorf("user %q: %w", d.User, store.ErrNotFound)
+		}
+		return dbErr(err)
+	})
+	if err != nil {
+		return store.Device{}, fmt.Errorf("create device %s for %q: %w", d.ID, d.User, err)
+	}
+	return d, nil
+}
+
+const deviceColumns = `id, user_name, name, overlay_ip, wg_key, disabled, created_at, last_seen`
+
+func scanDevice(sc scanner) (store.Device, error) {
+	var d store.Device
+	var id, ip, wgKey string
+	var disabled int
+	var created, seen sql.NullInt64
+	if err := sc.Scan(&id, &d.User, &d.Name, &ip, &wgKey, &disabled, &created, &seen); err != nil {
+		return store.Device{}, dbErr(err)
+	}
+	d.ID, d.Disabled = api.DeviceID(id), disabled != 0
+	d.CreatedAt, d.LastSeen = goTime(created), goTime(seen)
+	var err error
+	if d.OverlayIP, err = goAddr(ip); err != nil {
+		return store.Device{}, fmt.Errorf("device %s: %w", id, err)
+	}
+	if d.WGPublicKey, err = goKey(wgKey); err != nil {
+		return store.Device{}, fmt.Errorf("device %s: %w", id, err)
+	}
+	return d, nil
+}
+
+// Device implements store.Store.
+func (s *Store) Device(ctx context.Context, id api.DeviceID) (store.Device, error) {
+	d, err := scanDevice(s.r.QueryRowContext(ctx, `SELECT `+deviceColumns+` FROM devices WHERE id = ?`, string(id)))
+	if err != nil {
+		return store.Device{}, fmt.Errorf("device %s: %w", id, err)
+	}
+	return d, nil
+}
+
+// Devices implements store.Store, ordered by user, then creation.
+func (s *Store) Devices(ctx context.Context) ([]store.Device, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+deviceColumns+` FROM devices ORDER BY user_name, created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	defer rows.Close()
+	var out []store.Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list devices: %w", err)
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	return out, nil
+}
+
+// UpdateDevice implements store.Store.
+func (s *Store) UpdateDevice(ctx context.Context, d store.Device) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		return mustAffect(tx.ExecContext(ctx, `UPDATE devices SET name = ?, wg_key = ?, disabled = ?, last_seen = ? WHERE id = ?`,
+			d.Name, dbKey(d.WGPublicKey), boolInt(d.Disabled), dbTime(d.LastSeen), string(d.ID)))
+	})
+	if err != nil {
+		return fmt.Errorf("update device %s: %w", d.ID, err)
+	}
+	return nil
+}
+
+// CreateSession implements store.Store; the device must exist.
+func (s *Store) CreateSession(ctx context.Context, ss store.Session) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO sessions (hash, device_id, user_name, created_at, expires_at) VALUES (?, ?, ?, ?, ?)`,
+			ss.Hash, string(ss.DeviceID), ss.User, dbTime(orNow(ss.CreatedAt)), dbTime(ss.ExpiresAt))
+		if isConstraint(err, sqliteFK) {
+			return fmt.Errorf("device %s or user %q: %w", ss.DeviceID, ss.User, store.ErrNotFound)
+		}
+		return dbErr(err)
+	})
+	if err != nil {
+		return fmt.Errorf("create session for device %s: %w", ss.DeviceID, err)
+	}
+	return nil
+}
+
+// Session implements store.Store. It returns expired sessions too; the
+// caller compares ExpiresAt with its clock.
+func (s *Store) Session(ctx context.Context, hash string) (store.Session, error) {
+	var ss store.Session
+	var dev string
+	var created, expires sql.NullInt64
+	err := s.r.QueryRowContext(ctx, `SELECT hash, device_id, user_name, created_at, expires_at FROM sessions WHERE hash = ?`, hash).
+		Scan(&ss.Hash, &dev, &ss.User, &created, &expires)
+	if err != nil {
+		return store.Session{}, fmt.Errorf("session: %w", dbErr(err))
+	}
+	ss.DeviceID, ss.CreatedAt, ss.ExpiresAt = api.DeviceID(dev), goTime(created), goTime(expires)
+	return ss, nil
+}
+
+// DeleteSessions implements store.Store. Deleting none is not an error:
+// logging a device out twice is fine.
+func (s *Store) DeleteSessions(ctx context.Context, deviceID api.DeviceID) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE device_id = ?`, string(deviceID))
+		return dbErr(err)
+	})
+	if err != nil {
+		return fmt.Errorf("delete sessions of device %s: %w", deviceID, err)
+	}
+	return nil
+}

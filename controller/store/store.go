@@ -1,0 +1,187 @@
+// Package store is the controller's persistent state behind one interface,
+// Store. Implementations live in subpackages (sqlite/ now, postgres/ later)
+// and must pass the same conformance suite (storetest). The database is the
+// source of truth: users, groups, apps, gateways, policy, devices, sessions,
+// grants, audit events and flow records.
+//
+// Secrets never reach the store in clear: tokens and sessions are stored as
+// SHA-256 hashes, passwords as argon2id hashes (computed by controller/auth).
+package store
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"time"
+
+	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/key"
+)
+
+// Sentinel errors callers branch on. Implementations wrap them.
+var (
+	// ErrNotFound means no row matched.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict means a unique name or key already exists.
+	ErrConflict = errors.New("already exists")
+	// ErrTokenUsed means an enrolment token was consumed before.
+	ErrTokenUsed = errors.New("token already used")
+	// ErrExpired means a token or session is past its expiry.
+	ErrExpired = errors.New("expired")
+)
+
+// Pools are the overlay prefixes the store allocates addresses from. An
+// address, once given to a device, app domain or gateway, stays with it.
+type Pools struct {
+	Devices  netip.Prefix // e.g. 100.64.0.0/11
+	Apps     netip.Prefix // e.g. 100.96.0.0/12
+	Gateways netip.Prefix // e.g. 100.112.0.0/12
+}
+
+// User is a user row. Groups are names.
+type User struct {
+	api.User
+	// PasswordHash is an argon2id PHC string; empty means no password login.
+	PasswordHash string
+}
+
+// App is an app row. VirtualIPs are allocated by CreateApp (one per domain).
+type App = api.App
+
+// Gateway is a gateway row.
+type Gateway = api.Gateway
+
+// Device is a device row.
+type Device = api.Device
+
+// EnrolToken is a one-time gateway enrolment token, stored by hash.
+type EnrolToken struct {
+	Hash      string // hex SHA-256 of the token
+	Group     string
+	CreatedAt time.Time
+	ExpiresAt time.Time
+}
+
+// AdminToken is an admin API token, stored by hash.
+type AdminToken struct {
+	ID        string // "tok_…", safe to log
+	Hash      string // hex SHA-256 of the token
+	Scope     string // "admin" for now
+	CreatedAt time.Time
+	RevokedAt time.Time // zero while valid
+}
+
+// Session is a user session bound to one device.
+type Session struct {
+	Hash      string // hex SHA-256 of the session token
+	DeviceID  api.DeviceID
+	User      string
+	CreatedAt time.Time
+	ExpiresAt time.Time
+}
+
+// Grant is a grant row: the wire grant plus what only the controller keeps.
+type Grant struct {
+	api.Grant
+	AppID        api.AppID
+	ClientWGKey  key.WGPublic
+	RevokedAt    time.Time // zero while not revoked
+	RevokeReason string
+}
+
+// AuditQuery filters audit events. Zero fields do not filter.
+type AuditQuery struct {
+	Type     string // exact type, or a prefix ending in "." ("grant.")
+	User     string
+	DeviceID api.DeviceID
+	App      string
+	Since    time.Time
+	Limit    int // 0 → 100; newest first
+}
+
+// Store is the controller's state. Every method that changes more than one
+// row does so in one transaction. Names (users, groups, apps, gateway groups)
+// are unique and case-sensitive.
+type Store interface {
+	// Users. CreateUser fails with ErrNotFound if a group does not exist.
+	CreateUser(ctx context.Context, u User) error
+	User(ctx context.Context, name string) (User, error)
+	Users(ctx context.Context) ([]User, error)
+	// UpdateUser replaces Disabled, PasswordHash and Groups of the named user.
+	UpdateUser(ctx context.Context, u User) error
+	DeleteUser(ctx context.Context, name string) error
+
+	// Groups.
+	CreateGroup(ctx context.Context, g api.Group) error
+	Groups(ctx context.Context) ([]api.Group, error)
+
+	// Apps. CreateApp allocates one virtual IP per domain and returns the
+	// stored app; it fails with ErrNotFound if the gateway group does not exist.
+	CreateApp(ctx context.Context, a App) (App, error)
+	App(ctx context.Context, name string) (App, error)
+	Apps(ctx context.Context) ([]App, error)
+	DeleteApp(ctx context.Context, name string) error
+
+	// Gateway groups.
+	CreateGatewayGroup(ctx context.Context, g api.GatewayGroup) error
+	GatewayGroups(ctx context.Context) ([]api.GatewayGroup, error)
+
+	// Enrolment tokens. ConsumeEnrolToken marks the token used and returns it;
+	// ErrNotFound for an unknown hash, ErrTokenUsed, ErrExpired (checked
+	// against now).
+	CreateEnrolToken(ctx context.Context, t EnrolToken) error
+	ConsumeEnrolToken(ctx context.Context, hash string, now time.Time) (EnrolToken, error)
+
+	// Gateways. CreateGateway allocates OverlayIP and returns the row.
+	CreateGateway(ctx context.Context, g Gateway) (Gateway, error)
+	Gateway(ctx context.Context, id api.GatewayID) (Gateway, error)
+	Gateways(ctx context.Context) ([]Gateway, error)
+	// UpdateGatewayStatus sets the WireGuard key, endpoints and last-seen time.
+	UpdateGatewayStatus(ctx context.Context, id api.GatewayID, wg key.WGPublic, endpoints []netip.AddrPort, seen time.Time) error
+
+	// Admin tokens.
+	CreateAdminToken(ctx context.Context, t AdminToken) error
+	AdminTokenByHash(ctx context.Context, hash string) (AdminToken, error)
+
+	// Policy rules, ordered by Position (1-based, dense). InsertPolicyRule
+	// puts r at r.Position (0 or past the end appends) and renumbers the rest
+	// in one transaction; it returns the stored rule.
+	PolicyRules(ctx context.Context) ([]api.PolicyRule, error)
+	InsertPolicyRule(ctx context.Context, r api.PolicyRule) (api.PolicyRule, error)
+	DeletePolicyRule(ctx context.Context, id api.RuleID) error
+
+	// Devices. CreateDevice allocates OverlayIP and returns the row.
+	CreateDevice(ctx context.Context, d Device) (Device, error)
+	Device(ctx context.Context, id api.DeviceID) (Device, error)
+	Devices(ctx context.Context) ([]Device, error)
+	// UpdateDevice replaces Name, WGPublicKey, Disabled and LastSeen.
+	UpdateDevice(ctx context.Context, d Device) error
+
+	// Sessions.
+	CreateSession(ctx context.Context, s Session) error
+	Session(ctx context.Context, hash string) (Session, error)
+	DeleteSessions(ctx context.Context, deviceID api.DeviceID) error
+
+	// Grants. CreateGrant stores the grant and its audit event in one
+	// transaction.
+	CreateGrant(ctx context.Context, g Grant, ev api.AuditEvent) error
+	Grant(ctx context.Context, id api.GrantID) (Grant, error)
+	// LiveGrants lists grants not revoked and with NotAfter after now;
+	// a non-empty gateway or device narrows the list.
+	LiveGrants(ctx context.Context, now time.Time, gateway api.GatewayID, device api.DeviceID) ([]Grant, error)
+	// RenewGrant sets a new NotAfter on a live grant and appends ev.
+	RenewGrant(ctx context.Context, id api.GrantID, notAfter time.Time, ev api.AuditEvent) error
+	// RevokeGrants marks grants revoked (already revoked ones are left as
+	// they are) and appends one audit event per grant revoked; it returns
+	// the grants it revoked.
+	RevokeGrants(ctx context.Context, ids []api.GrantID, reason string, now time.Time, ev api.AuditEvent) ([]Grant, error)
+
+	// Audit events and flow records. Append sets IDs.
+	AppendAudit(ctx context.Context, evs ...api.AuditEvent) error
+	Audit(ctx context.Context, q AuditQuery) ([]api.AuditEvent, error)
+	AppendFlows(ctx context.Context, recs ...api.FlowRecord) error
+	Flows(ctx context.Context, grant api.GrantID, limit int) ([]api.FlowRecord, error)
+
+	// Close releases the database.
+	Close() error
+}

@@ -1,0 +1,336 @@
+// Package gateway is the app connector: it sits beside private apps, enrols
+// once with the controller, holds an outbound control stream for grant
+// pushes, and runs WireGuard on a userspace network stack. Each new
+// connection from a client is accepted only if a live grant covers
+// (client overlay address, app, port); the gateway then dials the real app
+// from its own network and splices the two. It opens no inbound port besides
+// its one WireGuard UDP socket, forwards no IP packets, and needs no root.
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/apiclient"
+	"github.com/keyhole-net/keyhole/internal/key"
+	"github.com/keyhole-net/keyhole/internal/trust"
+	"github.com/keyhole-net/keyhole/internal/wg"
+)
+
+// Config configures a gateway. DataDir is required; ControllerURL, Token and
+// CAFingerprint are needed only for the first (enrolling) start.
+type Config struct {
+	ControllerURL string
+	Token         string // one-time enrolment token
+	CAFingerprint string
+	DataDir       string
+	Name          string
+	// ListenPort is the WireGuard UDP port; 0 keeps the port chosen on the
+	// first start (so clients' endpoints stay valid across restarts).
+	ListenPort uint16
+	// Endpoints are the addresses clients should send WireGuard to; empty
+	// means the loopback and interface addresses with ListenPort.
+	Endpoints []netip.AddrPort
+	// MTU of the tunnel (0: 1420).
+	MTU int
+	// DialTimeout bounds dialling an app (default 5s).
+	DialTimeout time.Duration
+	// MaxBackoff caps the reconnect backoff to the controller (default 15s).
+	MaxBackoff time.Duration
+	// FlowInterval is how often flow records are sent (default 2s).
+	FlowInterval time.Duration
+	// Hosts are static name → address overrides for the site, consulted
+	// before DNS (like /etc/hosts, but for this gateway only).
+	Hosts map[string]netip.Addr
+	// Dialer dials apps; nil uses net.Dialer with the system resolver.
+	Dialer Dialer
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Dialer dials apps on the site.
+type Dialer interface {
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// hostsDialer resolves names from a static table before DNS.
+type hostsDialer struct {
+	hosts map[string]netip.Addr
+	next  Dialer
+}
+
+func (h hostsDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	if host, port, err := net.SplitHostPort(addr); err == nil {
+		if ip, ok := h.hosts[strings.ToLower(host)]; ok {
+			addr = net.JoinHostPort(ip.String(), port)
+		}
+	}
+	return h.next.DialContext(ctx, network, addr)
+}
+
+// state is what the gateway keeps in DataDir besides its keys.
+type state struct {
+	GatewayID     api.GatewayID `json:"gateway_id"`
+	Group         string        `json:"group"`
+	OverlayIP     netip.Addr    `json:"overlay_ip"`
+	ControllerURL string        `json:"controller_url"`
+	ListenPort    uint16        `json:"listen_port"`
+}
+
+// Gateway is an app connector. Create with New, run with Run.
+type Gateway struct {
+	cfg     Config
+	log     *slog.Logger
+	now     func() time.Time
+	table   *GrantTable
+	metrics *metrics
+	flows   *flowQueue
+
+	// Set up by Run.
+	st    state
+	creds *trust.Credentials
+	wgKey key.WGPrivate
+	api   *apiclient.Client
+	net   *wg.Net
+
+	mu        sync.Mutex // guards connected, streamID
+	connected bool
+	ready     chan struct{} // closed once the WireGuard interface is up
+	readyOnce sync.Once
+}
+
+// New checks cfg and returns a gateway ready to Run.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("gateway: DataDir is required")
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 15 * time.Second
+	}
+	if cfg.FlowInterval <= 0 {
+		cfg.FlowInterval = 2 * time.Second
+	}
+	if cfg.Name == "" {
+		cfg.Name, _ = os.Hostname()
+		if cfg.Name == "" {
+			cfg.Name = "gateway"
+		}
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{}
+	}
+	if len(cfg.Hosts) > 0 {
+		cfg.Dialer = hostsDialer{hosts: cfg.Hosts, next: cfg.Dialer}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	g := &Gateway{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		now:     cfg.Now,
+		table:   NewGrantTable(cfg.Now),
+		metrics: newMetrics(),
+		flows:   newFlowQueue(10000),
+		ready:   make(chan struct{}),
+	}
+	return g, nil
+}
+
+// Run enrols if needed, brings up WireGuard and serves until ctx is done.
+// It returns only after every goroutine it started has stopped.
+func (g *Gateway) Run(ctx context.Context) error {
+	if err := g.setup(ctx); err != nil {
+		return err
+	}
+	n, err := wg.New(wg.Config{
+		PrivateKey: g.wgKey,
+		Addresses:  []netip.Addr{g.st.OverlayIP},
+		MTU:        g.cfg.MTU,
+		ListenPort: g.st.ListenPort,
+		Forward:    true,
+		Logger:     g.log.With("component", "wireguard"),
+	})
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	defer n.Close()
+	g.net = n
+	if g.st.ListenPort == 0 {
+		g.st.ListenPort = n.Port()
+		if err := g.saveState(); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	n.SetTCPHandler(func(r *wg.TCPRequest) { g.handleTCP(ctx, r) })
+	n.SetUDPHandler(func(r *wg.UDPRequest) { g.handleUDP(ctx, r) })
+	g.log.Info("gateway up", "gateway_id", g.st.GatewayID, "group", g.st.Group, "wireguard_port", n.Port(), "overlay_ip", g.st.OverlayIP)
+	g.readyOnce.Do(func() { close(g.ready) })
+
+	var wgr sync.WaitGroup
+	for _, loop := range []func(context.Context){g.controlLoop, g.expiryLoop, g.flowLoop, g.certLoop} {
+		wgr.Add(1)
+		go func() {
+			defer wgr.Done()
+			loop(ctx)
+		}()
+	}
+	<-ctx.Done()
+	wgr.Wait()
+	// Closing access on shutdown: the userspace stack goes away with n.
+	g.table.Replace(nil)
+	return nil
+}
+
+// Ready is closed once the WireGuard interface is up.
+func (g *Gateway) Ready() <-chan struct{} { return g.ready }
+
+// ID returns the gateway's ID (after enrolment).
+func (g *Gateway) ID() api.GatewayID { return g.st.GatewayID }
+
+// Table returns the grant table (for status and tests).
+func (g *Gateway) Table() *GrantTable { return g.table }
+
+// Port returns the WireGuard UDP port once Ready.
+func (g *Gateway) Port() uint16 { return g.net.Port() }
+
+func (g *Gateway) statePath() string { return filepath.Join(g.cfg.DataDir, "gateway.json") }
+
+func (g *Gateway) saveState() error {
+	b, err := json.MarshalIndent(g.st, "", "  ")
+	if err != nil {
+		return err
+	}
+	return trust.WriteSecret(g.statePath(), b)
+}
+
+// setup loads the gateway's identity from DataDir, or enrols with the
+// one-time token on the first start.
+func (g *Gateway) setup(ctx context.Context) error {
+	b, err := os.ReadFile(g.statePath())
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return g.enrol(ctx)
+	case err != nil:
+		return fmt.Errorf("gateway: %w", err)
+	}
+	if err := json.Unmarshal(b, &g.st); err != nil {
+		return fmt.Errorf("gateway: %s: %w", g.statePath(), err)
+	}
+	if g.cfg.ListenPort != 0 {
+		g.st.ListenPort = g.cfg.ListenPort
+	}
+	if g.creds, err = trust.LoadCredentials(g.cfg.DataDir); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	kb, err := os.ReadFile(filepath.Join(g.cfg.DataDir, "wg.key"))
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	if g.wgKey, err = key.ParseWGPrivate(string(trimNL(kb))); err != nil {
+		return fmt.Errorf("gateway: wg.key: %w", err)
+	}
+	url := g.st.ControllerURL
+	if g.cfg.ControllerURL != "" {
+		url = g.cfg.ControllerURL
+	}
+	if g.cfg.CAFingerprint != "" {
+		fp, err := trust.ParseFingerprint(g.cfg.CAFingerprint)
+		if err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		if fp != g.creds.Fingerprint() {
+			return fmt.Errorf("gateway: --ca-fingerprint %s differs from the CA this gateway enrolled with (%s); use a fresh --data directory to enrol with another controller", fp, g.creds.Fingerprint())
+		}
+	}
+	g.api, err = apiclient.New(apiclient.Config{URL: url, Credentials: g.creds})
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	g.log.Info("gateway identity loaded", "gateway_id", g.st.GatewayID, "data", g.cfg.DataDir)
+	return nil
+}
+
+func (g *Gateway) enrol(ctx context.Context) error {
+	if g.cfg.ControllerURL == "" || g.cfg.Token == "" || g.cfg.CAFingerprint == "" {
+		return errors.New("gateway: not enrolled yet; give --controller, --token and --ca-fingerprint (keyhole admin gateway token --group G prints a token)")
+	}
+	pinned, err := apiclient.New(apiclient.Config{URL: g.cfg.ControllerURL, Fingerprint: g.cfg.CAFingerprint})
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	cs, err := pinned.ConnectionState(ctx)
+	if err != nil {
+		return fmt.Errorf("gateway: enrol: %w", err)
+	}
+	caCert, err := trust.CAFromChain(cs, g.cfg.CAFingerprint)
+	if err != nil {
+		return fmt.Errorf("gateway: enrol: %w", err)
+	}
+	k, err := trust.NewKey()
+	if err != nil {
+		return err
+	}
+	csr, err := trust.NewCSR(k, g.cfg.Name)
+	if err != nil {
+		return err
+	}
+	if g.wgKey, err = key.NewWGPrivate(); err != nil {
+		return err
+	}
+	var resp api.EnrolResponse
+	err = pinned.Do(ctx, "POST", "/v1/gateway/enrol", api.EnrolRequest{
+		Token: g.cfg.Token, Name: g.cfg.Name, CSR: csr, WGPublicKey: g.wgKey.Public(),
+	}, &resp)
+	if err != nil {
+		return fmt.Errorf("gateway: enrol: %w", err)
+	}
+	cert, err := trust.ParseCertPEM(resp.Certificate)
+	if err != nil {
+		return fmt.Errorf("gateway: enrol: %w", err)
+	}
+	g.creds = &trust.Credentials{Key: k, Cert: cert, CA: caCert}
+	if err := g.creds.Save(g.cfg.DataDir); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	if err := trust.WriteSecret(filepath.Join(g.cfg.DataDir, "wg.key"), []byte(g.wgKey.Base64Secret()+"\n")); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	g.st = state{GatewayID: resp.GatewayID, Group: resp.Group, OverlayIP: resp.OverlayIP, ControllerURL: g.cfg.ControllerURL, ListenPort: g.cfg.ListenPort}
+	if err := g.saveState(); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	g.api, err = apiclient.New(apiclient.Config{URL: g.cfg.ControllerURL, Credentials: g.creds})
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	g.log.Info("gateway enrolled", "gateway_id", resp.GatewayID, "group", resp.Group)
+	return nil
+}
+
+func trimNL(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}

@@ -1,0 +1,430 @@
+// Package api is the Keyhole wire protocol in one place: every request,
+// response and stream event exchanged between the controller, gateways,
+// clients and admin tools, as plain Go types with JSON tags.
+//
+// All endpoints are HTTPS + JSON under /v1/. Times are UTC. Errors are an
+// [Error] body with a matching HTTP status. This package holds no logic
+// beyond parsing and printing of its own value types; validation that needs
+// state lives in the controller.
+//
+// # Version history
+//
+//   - 1 (2026-11-23): users, groups, apps, gateway groups, gateways, policy
+//     rules, devices, grants with push-and-ack to gateways, audit events and
+//     flow records.
+package api
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/keyhole-net/keyhole/internal/key"
+)
+
+// Version is the protocol version this package describes. It changes when a
+// message gains a field a peer must understand.
+const Version = 1
+
+// Typed identifiers: an ID of one kind cannot be passed where another is meant.
+type (
+	// UserID identifies a user ("usr_…").
+	UserID string
+	// DeviceID identifies a client device ("dev_…").
+	DeviceID string
+	// AppID identifies an app segment ("app_…").
+	AppID string
+	// GatewayID identifies a gateway ("gw_…").
+	GatewayID string
+	// GrantID identifies a grant ("grt_…").
+	GrantID string
+	// RuleID identifies a policy rule ("rule_…").
+	RuleID string
+)
+
+// Action is what a policy rule does when it matches.
+type Action string
+
+// Policy actions.
+const (
+	Allow Action = "allow"
+	Deny  Action = "deny"
+)
+
+// Error is the body of every non-2xx response.
+type Error struct {
+	// Code is a stable, machine-readable error class (see the Code* constants).
+	Code string `json:"code"`
+	// Message says what went wrong and what to do about it.
+	Message string `json:"message"`
+	// Rule is the policy rule that decided a denial ("" for the default deny).
+	Rule RuleID `json:"rule,omitempty"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Error codes.
+const (
+	CodeBadRequest   = "bad_request"   // 400: malformed or invalid input
+	CodeUnauthorized = "unauthorized"  // 401: no or bad credentials
+	CodeForbidden    = "forbidden"     // 403: credentials fine, not allowed to do this
+	CodeDenied       = "denied"        // 403: policy denied the access request
+	CodeNotFound     = "not_found"     // 404
+	CodeConflict     = "conflict"      // 409: duplicate name, re-used token
+	CodeTooLarge     = "too_large"     // 413: body over the limit
+	CodeUnavailable  = "unavailable"   // 503: no healthy gateway, retry later
+	CodeInternal     = "internal"      // 500
+	CodeExpired      = "expired"       // 401/410: token, session or grant expired
+	CodeUnsupported  = "unsupported"   // 415: not JSON
+	CodeMethod       = "bad_method"    // 405
+	CodeGatewayError = "gateway_error" // 502: the gateway did not take the grant
+)
+
+// Health is the answer of GET /v1/health (no authentication).
+type Health struct {
+	Version       int    `json:"version"`
+	ControllerID  string `json:"controller_id"`
+	CAFingerprint string `json:"ca_fingerprint"`
+}
+
+// --- Admin objects ---------------------------------------------------------
+
+// User is a person who can log in. POST /v1/users creates one (UserCreate),
+// GET /v1/users lists them, PATCH /v1/users/{name} (UserUpdate) changes one,
+// DELETE /v1/users/{name} removes one (and revokes its devices' grants).
+type User struct {
+	ID        UserID    `json:"id"`
+	Name      string    `json:"name"`
+	Groups    []string  `json:"groups"`
+	Disabled  bool      `json:"disabled"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// UserCreate is the body of POST /v1/users.
+type UserCreate struct {
+	Name string `json:"name"`
+	// Password is the initial password; empty means the user cannot log in
+	// with a password until one is set.
+	Password string   `json:"password,omitempty"`
+	Groups   []string `json:"groups,omitempty"`
+}
+
+// UserUpdate is the body of PATCH /v1/users/{name}. Nil fields are unchanged.
+type UserUpdate struct {
+	Disabled *bool     `json:"disabled,omitempty"`
+	Password *string   `json:"password,omitempty"`
+	Groups   *[]string `json:"groups,omitempty"`
+}
+
+// Group is a named set of users (POST/GET /v1/groups).
+type Group struct {
+	Name      string    `json:"name"`
+	Members   int       `json:"members"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
+}
+
+// App is an app segment: what a grant gives access to.
+// POST /v1/apps creates one (AppCreate); GET /v1/apps; DELETE /v1/apps/{name}.
+type App struct {
+	ID   AppID  `json:"id"`
+	Name string `json:"name"`
+	// Addresses are real IPs/prefixes on the gateway's site; clients route
+	// them as they are.
+	Addresses []netip.Prefix `json:"addresses,omitempty"`
+	// Domains are exact names; each gets a stable overlay virtual IP
+	// (VirtualIPs), and the gateway resolves the name on its site.
+	Domains      []string              `json:"domains,omitempty"`
+	VirtualIPs   map[string]netip.Addr `json:"virtual_ips,omitempty"`
+	Ports        []PortRange           `json:"ports"`
+	GatewayGroup string                `json:"gateway_group"`
+	CreatedAt    time.Time             `json:"created_at"`
+}
+
+// AppCreate is the body of POST /v1/apps. At least one address or domain and
+// at least one port range are required.
+type AppCreate struct {
+	Name         string         `json:"name"`
+	Addresses    []netip.Prefix `json:"addresses,omitempty"`
+	Domains      []string       `json:"domains,omitempty"`
+	Ports        []PortRange    `json:"ports"`
+	GatewayGroup string         `json:"gateway_group"`
+}
+
+// GatewayGroup is a set of gateways that serve the same apps.
+type GatewayGroup struct {
+	Name      string    `json:"name"`
+	Gateways  int       `json:"gateways"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
+}
+
+// GatewayTokenCreate is the body of POST /v1/gateway-tokens.
+type GatewayTokenCreate struct {
+	Group string `json:"group"`
+	// TTL is how long the token can be used; 0 means the controller default (1h).
+	TTL Duration `json:"ttl,omitempty"`
+}
+
+// GatewayToken is a one-time enrolment token. Token is shown exactly once.
+type GatewayToken struct {
+	Token     string    `json:"token"`
+	Group     string    `json:"group"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Gateway is an enrolled connector (GET /v1/gateways).
+type Gateway struct {
+	ID          GatewayID        `json:"id"`
+	Name        string           `json:"name"`
+	Group       string           `json:"group"`
+	WGPublicKey key.WGPublic     `json:"wg_public_key"`
+	OverlayIP   netip.Addr       `json:"overlay_ip"`
+	Endpoints   []netip.AddrPort `json:"endpoints,omitempty"`
+	Connected   bool             `json:"connected"`
+	LastSeen    time.Time        `json:"last_seen,omitzero"`
+	CreatedAt   time.Time        `json:"created_at"`
+}
+
+// PolicyRule is one ordered rule; the first matching rule decides, and no
+// match means deny. Users, Groups and Apps hold names; "*" matches any.
+// POST /v1/policies (PolicyRuleCreate), GET /v1/policies, DELETE /v1/policies/{id}.
+type PolicyRule struct {
+	ID          RuleID    `json:"id"`
+	Position    int       `json:"position"`
+	Action      Action    `json:"action"`
+	Users       []string  `json:"users,omitempty"`
+	Groups      []string  `json:"groups,omitempty"`
+	Apps        []string  `json:"apps"`
+	Description string    `json:"description,omitempty"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// PolicyRuleCreate is the body of POST /v1/policies. Position 0 appends;
+// position N inserts before the rule now at N (1-based).
+type PolicyRuleCreate struct {
+	Position    int      `json:"position,omitempty"`
+	Action      Action   `json:"action"`
+	Users       []string `json:"users,omitempty"`
+	Groups      []string `json:"groups,omitempty"`
+	Apps        []string `json:"apps"`
+	Description string   `json:"description,omitempty"`
+}
+
+// Device is a client installation bound to one user (GET /v1/devices,
+// PATCH /v1/devices/{id} with DeviceUpdate).
+type Device struct {
+	ID          DeviceID     `json:"id"`
+	User        string       `json:"user"`
+	Name        string       `json:"name"`
+	OverlayIP   netip.Addr   `json:"overlay_ip"`
+	WGPublicKey key.WGPublic `json:"wg_public_key"`
+	Disabled    bool         `json:"disabled"`
+	CreatedAt   time.Time    `json:"created_at"`
+	LastSeen    time.Time    `json:"last_seen,omitzero"`
+}
+
+// DeviceUpdate is the body of PATCH /v1/devices/{id}.
+type DeviceUpdate struct {
+	Disabled *bool `json:"disabled,omitempty"`
+}
+
+// Grant is the unit of access: one device, one app, through one gateway,
+// until NotAfter (GET /v1/grants, DELETE /v1/grants/{id} revokes).
+type Grant struct {
+	ID        GrantID       `json:"id"`
+	DeviceID  DeviceID      `json:"device_id"`
+	User      string        `json:"user"`
+	App       string        `json:"app"`
+	GatewayID GatewayID     `json:"gateway_id"`
+	ClientIP  netip.Addr    `json:"client_ip"`
+	Targets   []GrantTarget `json:"targets"`
+	Ports     []PortRange   `json:"ports"`
+	Rule      RuleID        `json:"rule"`
+	CreatedAt time.Time     `json:"created_at"`
+	NotAfter  time.Time     `json:"not_after"`
+}
+
+// GrantTarget is one destination a grant covers. Prefix is what the client
+// routes into the tunnel; Host, when set, is the name the gateway resolves and
+// dials for connections to Prefix (a domain app's virtual IP). With Host empty
+// the gateway dials the destination address itself (an address/CIDR app).
+type GrantTarget struct {
+	Prefix netip.Prefix `json:"prefix"`
+	Host   string       `json:"host,omitempty"`
+}
+
+// AuditEvent records a decision or change (GET /v1/audit).
+type AuditEvent struct {
+	ID        int64     `json:"id"`
+	Time      time.Time `json:"time"`
+	Type      string    `json:"type"`  // e.g. "grant.allow", "grant.deny", "login", "admin.user.add"
+	Actor     string    `json:"actor"` // who did it: "user:alice", "admin:tok_…", "gateway:gw_…"
+	User      string    `json:"user,omitempty"`
+	DeviceID  DeviceID  `json:"device_id,omitempty"`
+	App       string    `json:"app,omitempty"`
+	GatewayID GatewayID `json:"gateway_id,omitempty"`
+	GrantID   GrantID   `json:"grant_id,omitempty"`
+	Rule      RuleID    `json:"rule,omitempty"`
+	Source    string    `json:"source,omitempty"` // client address as the controller saw it
+	Reason    string    `json:"reason,omitempty"`
+}
+
+// FlowRecord is one proxied connection as the gateway saw it
+// (POST /v1/gateway/flows by gateways; GET /v1/flows for admins).
+type FlowRecord struct {
+	GrantID     GrantID    `json:"grant_id"`
+	GatewayID   GatewayID  `json:"gateway_id,omitempty"` // set by the controller from the mTLS identity
+	DeviceID    DeviceID   `json:"device_id"`
+	ClientIP    netip.Addr `json:"client_ip"`
+	App         string     `json:"app"`
+	Proto       string     `json:"proto"`       // "tcp" or "udp"
+	Destination string     `json:"destination"` // host:port the gateway dialled
+	BytesUp     uint64     `json:"bytes_up"`    // client → app
+	BytesDown   uint64     `json:"bytes_down"`  // app → client
+	Start       time.Time  `json:"start"`
+	End         time.Time  `json:"end"`
+	Error       string     `json:"error,omitempty"` // why it ended, if not cleanly
+}
+
+// FlowBatch is the body of POST /v1/gateway/flows.
+type FlowBatch struct {
+	Records []FlowRecord `json:"records"`
+}
+
+// --- Client ----------------------------------------------------------------
+
+// LoginRequest is the body of POST /v1/login (TLS, no client certificate
+// yet). The device key pair is generated on the device; only the CSR and the
+// WireGuard public key travel.
+type LoginRequest struct {
+	User     string `json:"user"`
+	Password string `json:"password"`
+	// DeviceID re-uses an existing device of this user on re-login; empty
+	// enrols a new device.
+	DeviceID    DeviceID     `json:"device_id,omitempty"`
+	DeviceName  string       `json:"device_name"`
+	CSR         string       `json:"csr"` // PEM, ECDSA P-256, signed by the device key
+	WGPublicKey key.WGPublic `json:"wg_public_key"`
+}
+
+// LoginResponse answers a successful login. Session is only valid together
+// with the device certificate (mTLS) it was issued for.
+type LoginResponse struct {
+	DeviceID         DeviceID   `json:"device_id"`
+	User             string     `json:"user"`
+	Session          string     `json:"session"`
+	SessionExpiresAt time.Time  `json:"session_expires_at"`
+	Certificate      string     `json:"certificate"` // PEM device certificate
+	OverlayIP        netip.Addr `json:"overlay_ip"`
+}
+
+// CertificateRenewal is the body of POST /v1/device/certificate and
+// POST /v1/gateway/certificate (mTLS with the current certificate): a CSR for
+// the same key; the answer is a CertificateResponse.
+type CertificateRenewal struct {
+	CSR string `json:"csr"`
+}
+
+// CertificateResponse carries a freshly signed certificate.
+type CertificateResponse struct {
+	Certificate string `json:"certificate"`
+}
+
+// GrantRequest is the body of POST /v1/grants (mTLS device certificate plus
+// "Authorization: Bearer <session>").
+type GrantRequest struct {
+	// App is an app name, one of its domains, or an address inside it.
+	App string `json:"app"`
+	// Proto and Port say what the client wants to reach; Port 0 means
+	// "whatever the app serves".
+	Proto string `json:"proto,omitempty"`
+	Port  uint16 `json:"port,omitempty"`
+}
+
+// GrantResponse answers an allowed grant or renewal: the WireGuard peer to
+// add, scoped to this app.
+type GrantResponse struct {
+	Grant Grant `json:"grant"`
+	Peer  Peer  `json:"peer"`
+	// RenewAfter is when the client should renew (about 2/3 of the lifetime).
+	RenewAfter time.Time `json:"renew_after"`
+}
+
+// Peer is a WireGuard peer as the client should configure it.
+type Peer struct {
+	GatewayID GatewayID        `json:"gateway_id"`
+	PublicKey key.WGPublic     `json:"public_key"`
+	Endpoints []netip.AddrPort `json:"endpoints"`
+	// AllowedIPs are this grant's targets only; the client unions them over
+	// all its live grants through the same gateway.
+	AllowedIPs []netip.Prefix `json:"allowed_ips"`
+}
+
+// --- Gateway ---------------------------------------------------------------
+
+// EnrolRequest is the body of POST /v1/gateway/enrol (TLS, no client cert).
+type EnrolRequest struct {
+	Token       string       `json:"token"`
+	Name        string       `json:"name"`
+	CSR         string       `json:"csr"`
+	WGPublicKey key.WGPublic `json:"wg_public_key"`
+}
+
+// EnrolResponse answers a successful enrolment.
+type EnrolResponse struct {
+	GatewayID   GatewayID  `json:"gateway_id"`
+	Group       string     `json:"group"`
+	Certificate string     `json:"certificate"`
+	OverlayIP   netip.Addr `json:"overlay_ip"`
+}
+
+// GatewayHello is the body of POST /v1/gateway/hello (mTLS): what the
+// gateway tells the controller before and whenever it changes.
+type GatewayHello struct {
+	WGPublicKey key.WGPublic     `json:"wg_public_key"`
+	Endpoints   []netip.AddrPort `json:"endpoints"`
+	Version     string           `json:"version"`
+}
+
+// Stream event types on GET /v1/gateway/stream.
+const (
+	EventSync   = "sync"   // Grants is the complete set of live grants; replace the table
+	EventGrant  = "grant"  // add or update Grants
+	EventRevoke = "revoke" // remove GrantIDs and close their connections
+	EventPing   = "ping"   // keepalive; no ack needed
+)
+
+// StreamEvent is one newline-delimited JSON event on the gateway stream.
+// Every event except ping must be acknowledged (GatewayAck) once applied;
+// acks are cumulative.
+type StreamEvent struct {
+	Seq      uint64         `json:"seq"`
+	Type     string         `json:"type"`
+	Grants   []GatewayGrant `json:"grants,omitempty"`
+	GrantIDs []GrantID      `json:"grant_ids,omitempty"`
+	Reason   string         `json:"reason,omitempty"`
+	// Time is the controller's clock when it sent the event, for skew logs.
+	Time time.Time `json:"time"`
+}
+
+// GatewayGrant is a grant as a gateway enforces it.
+type GatewayGrant struct {
+	ID          GrantID       `json:"id"`
+	DeviceID    DeviceID      `json:"device_id"`
+	User        string        `json:"user"`
+	App         string        `json:"app"`
+	ClientIP    netip.Addr    `json:"client_ip"`
+	ClientWGKey key.WGPublic  `json:"client_wg_key"`
+	Targets     []GrantTarget `json:"targets"`
+	Ports       []PortRange   `json:"ports"`
+	NotAfter    time.Time     `json:"not_after"`
+}
+
+// GatewayAck is the body of POST /v1/gateway/ack: every event up to and
+// including Seq on stream Stream has been applied.
+type GatewayAck struct {
+	Stream string `json:"stream"`
+	Seq    uint64 `json:"seq"`
+}
+
+// Stream headers: the controller names each stream so acks cannot be applied
+// to a newer stream of the same gateway.
+const HeaderStreamID = "Keyhole-Stream-Id"
