@@ -53,8 +53,9 @@ type Client struct {
 // liveGrant is a grant the client holds, with its use count: renewal runs
 // only while something uses the grant.
 type liveGrant struct {
-	resp api.GrantResponse
-	uses int
+	resp  api.GrantResponse
+	uses  int
+	conns map[*usedConn]struct{} // tunnel connections made under this grant
 }
 
 // ErrDenied wraps a policy denial; its text is the controller's reason.
@@ -112,9 +113,7 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-t.C:
 		case <-c.renewNow:
 		}
-		if !c.cfg.NoRenew {
-			c.renewDue(ctx)
-		}
+		c.renewDue(ctx)
 		if time.Since(lastStatus) > 2*time.Second {
 			c.writeStatus()
 			lastStatus = time.Now()
@@ -169,7 +168,7 @@ func (c *Client) install(resp api.GrantResponse) error {
 	c.mu.Lock()
 	lg := c.grants[resp.Grant.ID]
 	if lg == nil {
-		lg = &liveGrant{}
+		lg = &liveGrant{conns: make(map[*usedConn]struct{})}
 		c.grants[resp.Grant.ID] = lg
 	}
 	lg.resp = resp
@@ -216,7 +215,14 @@ func (c *Client) drop(id api.GrantID, why string) {
 	}
 	gw := lg.resp.Peer.GatewayID
 	peer := c.peerLocked(gw)
+	conns := lg.conns
+	lg.conns = nil
 	c.mu.Unlock()
+	// Close what ran under the grant here, not only at the gateway: once
+	// the peer narrows, the gateway's FIN could no longer reach us.
+	for uc := range conns {
+		uc.Conn.Close()
+	}
 	c.log.Info("grant dropped", "grant_id", id, "app", lg.resp.Grant.App, "reason", why)
 	var err error
 	if len(peer.AllowedIPs) == 0 {
@@ -251,8 +257,8 @@ func (c *Client) acquire(id api.GrantID) (release func()) {
 	}
 }
 
-// renewDue renews grants in use whose RenewAfter has passed, and drops
-// expired ones.
+// renewDue drops expired grants and (unless NoRenew) renews grants in use
+// whose RenewAfter has passed.
 func (c *Client) renewDue(ctx context.Context) {
 	now := c.now()
 	var due, expired []api.GrantID
@@ -261,7 +267,7 @@ func (c *Client) renewDue(ctx context.Context) {
 		switch {
 		case !now.Before(lg.resp.Grant.NotAfter):
 			expired = append(expired, id)
-		case lg.uses > 0 && !now.Before(lg.resp.RenewAfter):
+		case !c.cfg.NoRenew && lg.uses > 0 && !now.Before(lg.resp.RenewAfter):
 			due = append(due, id)
 		}
 	}
@@ -355,17 +361,37 @@ func (c *Client) Dial(ctx context.Context, network, dest string, port uint16) (n
 		release()
 		return nil, fmt.Errorf("dial %s (%s) through gateway %s: %w", dest, ip, resp.Peer.GatewayID, err)
 	}
-	return &usedConn{Conn: conn, release: release}, nil
+	uc := &usedConn{Conn: conn}
+	c.mu.Lock()
+	lg := c.grants[resp.Grant.ID]
+	if lg == nil || lg.conns == nil {
+		c.mu.Unlock()
+		release()
+		conn.Close()
+		return nil, fmt.Errorf("dial %s: grant %s ended", dest, resp.Grant.ID)
+	}
+	lg.conns[uc] = struct{}{}
+	c.mu.Unlock()
+	uc.release = func() {
+		release()
+		c.mu.Lock()
+		if lg.conns != nil {
+			delete(lg.conns, uc)
+		}
+		c.mu.Unlock()
+	}
+	return uc, nil
 }
 
 // usedConn releases its grant use on Close.
 type usedConn struct {
 	net.Conn
 	release func()
+	once    sync.Once
 }
 
 func (u *usedConn) Close() error {
-	u.release()
+	u.once.Do(u.release)
 	return u.Conn.Close()
 }
 

@@ -83,6 +83,7 @@ type Controller struct {
 	catalogMu sync.Mutex
 
 	firstAdminToken auth.Token // set only on the first start
+	closeOnce       sync.Once
 
 	mu       sync.Mutex // guards listener
 	listener net.Listener
@@ -245,12 +246,15 @@ func (c *Controller) Run(ctx context.Context) error {
 	return nil
 }
 
-// Close releases the store if the controller opened it.
+// Close releases the store if the controller opened it. Safe to call twice.
 func (c *Controller) Close() error {
-	if c.ownsDB && c.store != nil {
-		return c.store.Close()
-	}
-	return nil
+	var err error
+	c.closeOnce.Do(func() {
+		if c.ownsDB && c.store != nil {
+			err = c.store.Close()
+		}
+	})
+	return err
 }
 
 func (c *Controller) routes() http.Handler {

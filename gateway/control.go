@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/key"
 	"github.com/keyhole-net/keyhole/internal/trust"
 	"github.com/keyhole-net/keyhole/internal/wg"
 )
@@ -154,45 +156,53 @@ func (g *Gateway) runStream(ctx context.Context) error {
 
 // apply changes the grant table and WireGuard peers for one event.
 func (g *Gateway) apply(ev api.StreamEvent) error {
-	var changes []PeerChange
-	switch ev.Type {
-	case api.EventPing:
-		return nil
-	case api.EventSync:
-		for _, gr := range ev.Grants {
-			if err := checkGrant(gr); err != nil {
-				return err
-			}
-		}
-		removed, ch := g.table.Replace(ev.Grants)
-		changes = ch
-		for _, gr := range removed {
-			g.log.Info("grant dropped by sync", "grant_id", gr.ID, "app", gr.App)
-		}
-		g.log.Info("grants synced", "grants", len(ev.Grants))
-	case api.EventGrant:
-		for _, gr := range ev.Grants {
-			if err := checkGrant(gr); err != nil {
-				return err
-			}
-		}
-		for _, gr := range ev.Grants {
-			changes = append(changes, g.table.Upsert(gr)...)
-			g.log.Info("grant added", "grant_id", gr.ID, "user", gr.User, "device_id", gr.DeviceID, "app", gr.App, "client_ip", gr.ClientIP, "not_after", gr.NotAfter)
-		}
-	case api.EventRevoke:
-		removed, ch := g.table.Remove(ev.GrantIDs...)
-		changes = ch
-		for _, gr := range removed {
-			g.log.Info("grant revoked", "grant_id", gr.ID, "app", gr.App, "reason", ev.Reason)
-		}
-	default:
-		// Unknown events from a newer controller are ignored, not fatal.
-		g.log.Debug("ignoring unknown stream event", "type", ev.Type)
-		return nil
+	changes, err := applyEvent(g.table, g.log, ev)
+	if err != nil {
+		return err
 	}
 	g.metrics.grants.Set(float64(g.table.Len()))
 	return g.applyPeers(changes)
+}
+
+// applyEvent applies one stream event to table and returns the WireGuard
+// peer changes it implies. A malformed grant rejects the whole event before
+// anything changes.
+func applyEvent(table *GrantTable, log *slog.Logger, ev api.StreamEvent) ([]PeerChange, error) {
+	switch ev.Type {
+	case api.EventPing:
+		return nil, nil
+	case api.EventSync, api.EventGrant:
+		for _, gr := range ev.Grants {
+			if err := checkGrant(gr); err != nil {
+				return nil, err
+			}
+		}
+	}
+	var changes []PeerChange
+	switch ev.Type {
+	case api.EventSync:
+		removed, ch := table.Replace(ev.Grants)
+		changes = ch
+		for _, gr := range removed {
+			log.Info("grant dropped by sync", "grant_id", gr.ID, "app", gr.App)
+		}
+		log.Info("grants synced", "grants", len(ev.Grants))
+	case api.EventGrant:
+		for _, gr := range ev.Grants {
+			changes = append(changes, table.Upsert(gr)...)
+			log.Info("grant added", "grant_id", gr.ID, "user", gr.User, "device_id", gr.DeviceID, "app", gr.App, "client_ip", gr.ClientIP, "not_after", gr.NotAfter)
+		}
+	case api.EventRevoke:
+		removed, ch := table.Remove(ev.GrantIDs...)
+		changes = ch
+		for _, gr := range removed {
+			log.Info("grant revoked", "grant_id", gr.ID, "app", gr.App, "reason", ev.Reason)
+		}
+	default:
+		// Unknown events from a newer controller are ignored, not fatal.
+		log.Debug("ignoring unknown stream event", "type", ev.Type)
+	}
+	return changes, nil
 }
 
 // checkGrant refuses grants a gateway cannot enforce safely.
@@ -220,22 +230,56 @@ func checkGrant(gr api.GatewayGrant) error {
 	return nil
 }
 
+// peerGrace is how long a client's WireGuard peer outlives its last grant:
+// long enough for the FIN/RST of the connections just closed to reach the
+// client, so it sees them end instead of hanging. The peer grants nothing
+// by itself; every new connection is still checked against the table.
+const peerGrace = time.Second
+
 func (g *Gateway) applyPeers(changes []PeerChange) error {
 	for _, ch := range changes {
-		if ch.Add {
-			err := g.net.UpsertPeer(wg.Peer{
-				PublicKey:  ch.Key,
-				AllowedIPs: []netip.Prefix{netip.PrefixFrom(ch.ClientIP, ch.ClientIP.BitLen())},
-			})
-			if err != nil {
-				return fmt.Errorf("add peer: %w", err)
-			}
-		} else if err := g.net.RemovePeer(ch.Key); err != nil {
-			return fmt.Errorf("remove peer: %w", err)
+		if !ch.Add {
+			g.mu.Lock()
+			g.peerRemovals[ch.Key] = g.now().Add(peerGrace)
+			g.mu.Unlock()
+			continue
+		}
+		g.mu.Lock()
+		delete(g.peerRemovals, ch.Key)
+		g.mu.Unlock()
+		err := g.net.UpsertPeer(wg.Peer{
+			PublicKey:  ch.Key,
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(ch.ClientIP, ch.ClientIP.BitLen())},
+		})
+		if err != nil {
+			return fmt.Errorf("add peer: %w", err)
 		}
 	}
 	g.metrics.peers.Set(float64(g.table.Peers()))
 	return nil
+}
+
+// reapPeers removes peers whose grace period has passed and that no grant
+// needs again.
+func (g *Gateway) reapPeers() {
+	now := g.now()
+	var due []key.WGPublic
+	g.mu.Lock()
+	for k, at := range g.peerRemovals {
+		if !now.Before(at) {
+			due = append(due, k)
+			delete(g.peerRemovals, k)
+		}
+	}
+	g.mu.Unlock()
+	for _, k := range due {
+		if g.table.HasPeer(k) {
+			continue
+		}
+		if err := g.net.RemovePeer(k); err != nil {
+			g.log.Warn("removing peer", "err", err)
+		}
+	}
 }
 
 // acker sends cumulative acks, coalescing: while one ack is in flight, later
@@ -293,6 +337,7 @@ func (g *Gateway) expiryLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		g.reapPeers()
 		next := g.table.NextExpiry()
 		if next.IsZero() || g.now().Before(next) {
 			continue

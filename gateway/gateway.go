@@ -105,10 +105,11 @@ type Gateway struct {
 	api   *apiclient.Client
 	net   *wg.Net
 
-	mu        sync.Mutex // guards connected, streamID
-	connected bool
-	ready     chan struct{} // closed once the WireGuard interface is up
-	readyOnce sync.Once
+	mu           sync.Mutex // guards connected, peerRemovals
+	connected    bool
+	peerRemovals map[key.WGPublic]time.Time
+	ready        chan struct{} // closed once the WireGuard interface is up
+	readyOnce    sync.Once
 }
 
 // New checks cfg and returns a gateway ready to Run.
@@ -151,6 +152,8 @@ func New(cfg Config) (*Gateway, error) {
 		metrics: newMetrics(),
 		flows:   newFlowQueue(10000),
 		ready:   make(chan struct{}),
+
+		peerRemovals: make(map[key.WGPublic]time.Time),
 	}
 	return g, nil
 }

@@ -275,6 +275,13 @@ func (t *GrantTable) Peers() int {
 	return len(t.peers)
 }
 
+// HasPeer reports whether any grant needs the client peer k.
+func (t *GrantTable) HasPeer(k key.WGPublic) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.peers[k] != nil
+}
+
 // Grants returns a snapshot of the grants held.
 func (t *GrantTable) Grants() []api.GatewayGrant {
 	t.mu.Lock()

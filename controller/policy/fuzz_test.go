@@ -71,7 +71,7 @@ func FuzzCompileEvaluate(f *testing.F) {
 			t.Fatalf("allowed without a rule: %+v", got)
 		}
 		for _, r := range rules {
-			if err := ValidateRule(api.PolicyRuleCreate{Action: r.Action, Users: r.Users, Groups: r.Groups, Apps: r.Apps}); err != nil {
+			if err := ValidateRule(api.PolicyRuleCreate{Action: r.Action, Users: r.Users, Groups: r.Groups, Apps: r.Apps, Description: r.Description}); err != nil {
 				t.Fatalf("Compile accepted a rule ValidateRule rejects: %+v: %v", r, err)
 			}
 		}

@@ -85,7 +85,7 @@ func Compile(rules []api.PolicyRule) (*Set, error) {
 	}
 	prev := 0
 	for i, r := range rules {
-		if err := validate(r.Action, r.Users, r.Groups, r.Apps); err != nil {
+		if err := validate(r.Action, r.Users, r.Groups, r.Apps, r.Description); err != nil {
 			return nil, fmt.Errorf("compile policy: rule %d of %d (id %q, position %d): %w", i+1, len(rules), r.ID, r.Position, err)
 		}
 		if r.ID == "" {
@@ -166,10 +166,14 @@ func ValidateRule(r api.PolicyRuleCreate) error {
 	if r.Position < 0 {
 		return fmt.Errorf("%w: position %d: use 0 to append or N ≥ 1 to insert before rule N", ErrInvalidRule, r.Position)
 	}
-	return validate(r.Action, r.Users, r.Groups, r.Apps)
+	return validate(r.Action, r.Users, r.Groups, r.Apps, r.Description)
 }
 
-func validate(action api.Action, users, groups, apps []string) error {
+// maxDescriptionBytes bounds a rule's description, which is repeated in
+// every decision the rule makes (audit events, denial messages).
+const maxDescriptionBytes = 500
+
+func validate(action api.Action, users, groups, apps []string, description string) error {
 	if action != api.Allow && action != api.Deny {
 		return fmt.Errorf("%w: action %q: must be %q or %q", ErrInvalidRule, action, api.Allow, api.Deny)
 	}
@@ -186,6 +190,15 @@ func validate(action api.Action, users, groups, apps []string) error {
 		if err := validateNames(f.field, f.names); err != nil {
 			return fmt.Errorf("%w: %w", ErrInvalidRule, err)
 		}
+	}
+	switch {
+	case len(description) > maxDescriptionBytes:
+		return fmt.Errorf("%w: description: %d bytes, the limit is %d", ErrInvalidRule, len(description), maxDescriptionBytes)
+	case !utf8.ValidString(description):
+		return fmt.Errorf("%w: description: not valid UTF-8", ErrInvalidRule)
+	case strings.ContainsFunc(description, unicode.IsControl):
+		// It is quoted into one-line reasons and log records.
+		return fmt.Errorf("%w: description: contains a control character such as a newline", ErrInvalidRule)
 	}
 	return nil
 }

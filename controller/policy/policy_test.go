@@ -372,6 +372,8 @@ func TestCompileRejects(t *testing.T) {
 		{"invalid UTF-8", ok(func(x *api.PolicyRule) { x.Users = l("\xff") }), "users[0]: name \"\\xff\" is not valid UTF-8"},
 		{"glob pattern", ok(func(x *api.PolicyRule) { x.Apps = l("wiki-*") }), `apps[0]: name "wiki-*": "*" is only allowed on its own`},
 		{"wildcard with other names", ok(func(x *api.PolicyRule) { x.Groups = l("eng", "*") }), `groups: "*" already matches any name`},
+		{"description with a newline", ok(func(x *api.PolicyRule) { x.Description = "line one\nline two" }), "description: contains a control character"},
+		{"description too long", ok(func(x *api.PolicyRule) { x.Description = strings.Repeat("x", 501) }), "description: 501 bytes, the limit is 500"},
 		{"empty ID", ok(func(x *api.PolicyRule) { x.ID = "" }), "id is empty"},
 		{"zero position", ok(func(x *api.PolicyRule) { x.Position = 0 }), "position 0 must be above the previous rule's 0"},
 		{"positions out of order", []api.PolicyRule{
@@ -417,6 +419,7 @@ func TestValidateRule(t *testing.T) {
 		{"no apps", api.PolicyRuleCreate{Action: api.Allow, Users: l("a")}, "apps: name at least one app"},
 		{"no subjects", api.PolicyRuleCreate{Action: api.Allow, Apps: l("b")}, "users, groups: name at least one user or group"},
 		{"empty subject names", api.PolicyRuleCreate{Action: api.Allow, Users: l(""), Apps: l("b")}, "users[0]: name is empty"},
+		{"bad description", api.PolicyRuleCreate{Action: api.Allow, Users: l("a"), Apps: l("b"), Description: "a\tb"}, "description: contains a control character"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

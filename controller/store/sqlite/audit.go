@@ -67,9 +67,12 @@ func (s *Store) Audit(ctx context.Context, q store.AuditQuery) ([]api.AuditEvent
 	var args []any
 	if q.Type != "" {
 		if strings.HasSuffix(q.Type, ".") {
-			// A range rather than LIKE: LIKE is case-insensitive in SQLite
-			// and cannot use the index; "." + 1 is "/".
-			where = append(where, `type >= ? AND type < ?`)
+			// A range rather than LIKE, which is case-insensitive in
+			// SQLite; "." + 1 is "/". The "+" keeps SQLite off the type
+			// index: a prefix such as "grant." matches most events, and
+			// walking the time index newest first stops at the limit,
+			// where the type index would collect and sort all of them.
+			where = append(where, `+type >= ? AND +type < ?`)
 			args = append(args, q.Type, q.Type[:len(q.Type)-1]+"/")
 		} else {
 			where = append(where, `type = ?`)

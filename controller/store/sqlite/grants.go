@@ -23,6 +23,31 @@ const grantColumns = `id, device_id, user_name, app, app_id, gateway_id, client_
 
 const selectGrantSQL = `SELECT ` + grantColumns + ` FROM grants`
 
+// The LiveGrants queries, indexed by filter; see Store.liveGrants.
+const (
+	liveAll = iota
+	liveByGateway
+	liveByDevice
+	liveByBoth
+	numLiveFilters
+)
+
+// liveGrantsSQL returns the LiveGrants query for a filter.
+func liveGrantsSQL(filter int) string {
+	q := selectGrantSQL + ` WHERE revoked_at IS NULL AND not_after > ?`
+	switch filter {
+	case liveByGateway:
+		q += ` AND gateway_id = ?`
+	case liveByDevice:
+		q += ` AND device_id = ?`
+	case liveByBoth:
+		// "+" keeps SQLite off the gateway index: a device has a handful
+		// of grants, a gateway thousands.
+		q += ` AND +gateway_id = ? AND device_id = ?`
+	}
+	return q + ` ORDER BY created_at, id`
+}
+
 func scanGrant(sc scanner) (store.Grant, error) {
 	var g store.Grant
 	var id, dev, appID, gw, ip, wgKey, targets, ports, rule string
@@ -188,20 +213,21 @@ func (s *Store) Grant(ctx context.Context, id api.GrantID) (store.Grant, error) 
 }
 
 // LiveGrants implements store.Store, oldest first. Each filter combination
-// has its own statement text so SQLite picks the matching partial index.
+// has its own prepared statement, so SQLite plans it once against the
+// matching partial index.
 func (s *Store) LiveGrants(ctx context.Context, now time.Time, gateway api.GatewayID, device api.DeviceID) ([]store.Grant, error) {
-	q := selectGrantSQL + ` WHERE revoked_at IS NULL AND not_after > ?`
-	args := []any{now.UnixNano()}
-	if gateway != "" {
-		q += ` AND gateway_id = ?`
-		args = append(args, string(gateway))
+	var rows *sql.Rows
+	var err error
+	switch {
+	case gateway != "" && device != "":
+		rows, err = s.liveGrants[liveByBoth].QueryContext(ctx, now.UnixNano(), string(gateway), string(device))
+	case gateway != "":
+		rows, err = s.liveGrants[liveByGateway].QueryContext(ctx, now.UnixNano(), string(gateway))
+	case device != "":
+		rows, err = s.liveGrants[liveByDevice].QueryContext(ctx, now.UnixNano(), string(device))
+	default:
+		rows, err = s.liveGrants[liveAll].QueryContext(ctx, now.UnixNano())
 	}
-	if device != "" {
-		q += ` AND device_id = ?`
-		args = append(args, string(device))
-	}
-	q += ` ORDER BY created_at, id`
-	rows, err := s.r.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("live grants: %w", err)
 	}
@@ -221,9 +247,9 @@ func (s *Store) LiveGrants(ctx context.Context, now time.Time, gateway api.Gatew
 }
 
 // RenewGrant implements store.Store. ev.Time is the renewal's "now": a grant
-// whose NotAfter is not after it has expired and cannot be renewed
-// (ErrExpired); with ev.Time zero only revocation is checked. A revoked or
-// unknown grant is ErrNotFound.
+// whose NotAfter is not after it has expired and cannot be renewed (an error
+// matching both ErrNotFound and ErrExpired); with ev.Time zero only
+// revocation is checked. A revoked or unknown grant is ErrNotFound.
 func (s *Store) RenewGrant(ctx context.Context, id api.GrantID, notAfter time.Time, ev api.AuditEvent) error {
 	if ev.GrantID == "" {
 		ev.GrantID = id
@@ -235,7 +261,9 @@ func (s *Store) RenewGrant(ctx context.Context, id api.GrantID, notAfter time.Ti
 			return dbErr(err)
 		}
 		if !ev.Time.IsZero() && cur <= ev.Time.UnixNano() {
-			return store.ErrExpired
+			// No live grant matched (ErrNotFound, as for a revoked one),
+			// and the reason is expiry (ErrExpired) for callers who care.
+			return fmt.Errorf("expired at %v: %w, %w", goTime(sql.NullInt64{Int64: cur, Valid: true}), store.ErrNotFound, store.ErrExpired)
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE grants SET not_after = ? WHERE id = ?`, notAfter.UnixNano(), string(id)); err != nil {
 			return dbErr(err)

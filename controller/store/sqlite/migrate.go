@@ -99,7 +99,7 @@ func applyMigration(ctx context.Context, db *sql.DB, m migration, now time.Time)
 	if err != nil {
 		return fmt.Errorf("migration %s: %w", m.name, err)
 	}
-	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
+	defer tx.Rollback() // a no-op after Commit; the error that matters is returned below
 	cur, err := schemaVersion(ctx, tx)
 	if err != nil {
 		return fmt.Errorf("migration %s: %w", m.name, err)

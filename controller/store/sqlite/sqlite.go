@@ -19,7 +19,8 @@
 //   - grants keep the names and IDs they were issued with and have no
 //     foreign keys: they are the record of access given and outlive the
 //     device, app or gateway they name;
-//   - RenewGrant treats ev.Time as "now" for the expiry check;
+//   - RenewGrant treats ev.Time as "now" for the expiry check, and an
+//     expired grant fails with an error matching ErrNotFound and ErrExpired;
 //   - empty lists read back as nil, user groups sorted by name.
 //
 // Times are stored as unix nanoseconds and read back in UTC, exactly.
@@ -64,9 +65,10 @@ type Store struct {
 
 	// Prepared statements of the grant path, which must sustain thousands
 	// of grants a second; preparing them once saves a parse per call.
-	insertGrant *sql.Stmt // on w
-	insertAudit *sql.Stmt // on w
-	grantByID   *sql.Stmt // on r
+	insertGrant *sql.Stmt                 // on w
+	insertAudit *sql.Stmt                 // on w
+	grantByID   *sql.Stmt                 // on r
+	liveGrants  [numLiveFilters]*sql.Stmt // on r
 
 	grants grantBatcher // group commit of CreateGrant
 }
@@ -137,6 +139,11 @@ func (s *Store) init(ctx context.Context) error {
 	if s.grantByID, err = s.r.PrepareContext(ctx, selectGrantSQL+` WHERE id = ?`); err != nil {
 		return fmt.Errorf("prepare: %w", err)
 	}
+	for i := range s.liveGrants {
+		if s.liveGrants[i], err = s.r.PrepareContext(ctx, liveGrantsSQL(i)); err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -144,7 +151,7 @@ func (s *Store) init(ctx context.Context) error {
 // into the main file by SQLite when the last connection closes.
 func (s *Store) Close() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{s.insertGrant, s.insertAudit, s.grantByID} {
+	for _, st := range append([]*sql.Stmt{s.insertGrant, s.insertAudit, s.grantByID}, s.liveGrants[:]...) {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}

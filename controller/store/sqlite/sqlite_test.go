@@ -70,7 +70,11 @@ func TestFileModes(t *testing.T) {
 	path := filepath.Join(dir, "keyhole.db")
 	s := openTest(t, path)
 	defer s.Close()
-	for p, want := range map[string]os.FileMode{dir: 0o700 | os.ModeDir, path: 0o600} {
+	// A write creates the WAL, which must be as private as the database.
+	if err := s.CreateGroup(context.Background(), api.Group{Name: "eng"}); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]os.FileMode{dir: 0o700 | os.ModeDir, path: 0o600, path + "-wal": 0o600} {
 		fi, err := os.Stat(p)
 		if err != nil {
 			t.Fatal(err)
@@ -220,5 +224,104 @@ func TestConcurrentGrants(t *testing.T) {
 	}
 	if want := workers * (perWorker - perWorker/10); len(live) != want {
 		t.Fatalf("live grants = %d; want %d", len(live), want)
+	}
+}
+
+// TestGroupCommitIsolation: grants committed in one batch fail alone. Half
+// the callers re-use an existing grant ID; they get ErrConflict, the others
+// are stored, and only stored grants have audit events.
+func TestGroupCommitIsolation(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, filepath.Join(t.TempDir(), "keyhole.db"))
+	defer s.Close()
+	devs := seedBench(t, s, 4, 1)
+	now := time.Now().UTC()
+	dup := benchGrant("grt_dup", devs[0], now)
+	if err := s.CreateGrant(ctx, dup, benchEvent(dup)); err != nil {
+		t.Fatal(err)
+	}
+	const n = 64
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g := benchGrant(api.GrantID(fmt.Sprint("grt_", i)), devs[i%len(devs)], now)
+			if i%2 == 1 {
+				g.ID = dup.ID
+			}
+			errs[i] = s.CreateGrant(ctx, g, benchEvent(g))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if i%2 == 1 && !errors.Is(err, store.ErrConflict) {
+			t.Errorf("duplicate grant %d: err = %v; want ErrConflict", i, err)
+		}
+		if i%2 == 0 && err != nil {
+			t.Errorf("grant %d: %v", i, err)
+		}
+	}
+	live, err := s.LiveGrants(ctx, now, "", "")
+	if err != nil || len(live) != n/2+1 {
+		t.Fatalf("live grants = %d, %v; want %d", len(live), err, n/2+1)
+	}
+	evs, err := s.Audit(ctx, store.AuditQuery{Type: "grant.allow", Limit: 1000})
+	if err != nil || len(evs) != n/2+1 {
+		t.Fatalf("grant.allow events = %d, %v; want %d", len(evs), err, n/2+1)
+	}
+
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	g := benchGrant("grt_cancelled", devs[0], now)
+	if err := s.CreateGrant(cancelled, g, benchEvent(g)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("CreateGrant with a cancelled context: err = %v; want context.Canceled", err)
+	}
+	if _, err := s.Grant(ctx, g.ID); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("cancelled grant stored: %v", err)
+	}
+}
+
+// TestQueryPlans keeps the grant path on its indexes: a schema or query
+// change that turns a live-grant lookup into a table scan fails here, not
+// in production with a million grants.
+func TestQueryPlans(t *testing.T) {
+	s := openTest(t, ":memory:")
+	defer s.Close()
+	plan := func(q string, args ...any) string {
+		t.Helper()
+		rows, err := s.r.Query("EXPLAIN QUERY PLAN "+q, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var steps []string
+		for rows.Next() {
+			var id, parent, unused int
+			var detail string
+			if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+				t.Fatal(err)
+			}
+			steps = append(steps, detail)
+		}
+		return strings.Join(steps, "; ")
+	}
+	tests := []struct {
+		name, query, want string
+		args              []any
+	}{
+		{"live all", liveGrantsSQL(liveAll), "USING INDEX grants_live_by_not_after", []any{1}},
+		{"live by gateway", liveGrantsSQL(liveByGateway), "USING INDEX grants_live_by_gateway", []any{1, "gw"}},
+		{"live by device", liveGrantsSQL(liveByDevice), "USING INDEX grants_live_by_device", []any{1, "dev"}},
+		{"live by both", liveGrantsSQL(liveByBoth), "USING INDEX grants_live_by_device", []any{1, "gw", "dev"}},
+		{"grant by id", selectGrantSQL + ` WHERE id = ?`, "USING INDEX sqlite_autoindex_grants_1", []any{"grt"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := plan(tt.query, tt.args...); !strings.Contains(got, tt.want) {
+				t.Fatalf("plan = %q; want %q", got, tt.want)
+			}
+		})
 	}
 }

@@ -793,13 +793,16 @@ func testRenewGrant(t *testing.T, s store.Store) {
 	}{
 		{"revoked", "grt_2", renewAt, store.ErrNotFound},
 		{"unknown", "grt_nope", renewAt, store.ErrNotFound},
-		{"expired", g.ID, renewAt.Add(time.Hour), store.ErrExpired},
+		// An expired grant is not live: ErrNotFound like the others, and
+		// also ErrExpired to say why.
+		{"expired", g.ID, renewAt.Add(time.Hour), store.ErrNotFound},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			wantErr(t, "RenewGrant", renew(tt.id, tt.at), tt.want)
 		})
 	}
+	wantErr(t, "RenewGrant expired", renew(g.ID, renewAt.Add(time.Hour)), store.ErrExpired)
 	evs, err = s.Audit(ctx, store.AuditQuery{Type: "grant.renew"})
 	mustOK(t, err)
 	wantEqual(t, "renew events after failures", len(evs), 1)

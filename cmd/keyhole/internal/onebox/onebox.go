@@ -50,8 +50,11 @@ type Box struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu   sync.Mutex // guards runs
-	runs []*run
+	ctrlCfg controller.Config
+
+	mu      sync.Mutex // guards runs, ctrlRun, Controller swaps
+	runs    []*run
+	ctrlRun *run
 }
 
 // run is one component goroutine the box owns.
@@ -97,7 +100,10 @@ func Start(ctx context.Context, cfg Config) (*Box, error) {
 		return nil, fmt.Errorf("onebox: admin token: %w", err)
 	}
 	b.AdminToken = string(trimNL(tok))
-	b.start(func(ctx context.Context) error { return c.Run(ctx) })
+	b.ctrlRun = b.start(c.Run)
+	// A restart must come back on the same address.
+	b.ctrlCfg = ccfg
+	b.ctrlCfg.Listen = addr.String()
 	if b.Admin, err = apiclient.NewAdmin(b.URL, b.Fingerprint, b.AdminToken); err != nil {
 		b.Close()
 		return nil, err
@@ -246,16 +252,42 @@ func (b *Box) Close() {
 		runs[i].Stop()
 	}
 	b.cancel()
-	b.Controller.Close()
+	b.mu.Lock()
+	c := b.Controller
+	b.mu.Unlock()
+	c.Close()
 }
 
-// StopController stops the controller's API (for outage tests); the store
-// stays open. RestartController serves again on the same address.
+// StopController stops the controller (for outage tests): its API goes
+// away and its store is closed, as when the process dies.
 func (b *Box) StopController() error {
 	b.mu.Lock()
-	r := b.runs[0]
+	r := b.ctrlRun
 	b.mu.Unlock()
-	return r.Stop()
+	err := r.Stop()
+	b.Controller.Close()
+	return err
+}
+
+// RestartController starts a new controller on the same data directory and
+// address after StopController.
+func (b *Box) RestartController(ctx context.Context) error {
+	c, err := controller.New(ctx, b.ctrlCfg)
+	if err != nil {
+		return err
+	}
+	if _, err := c.Listen(); err != nil {
+		c.Close()
+		return err
+	}
+	b.mu.Lock()
+	b.Controller = c
+	b.mu.Unlock()
+	r := b.start(c.Run)
+	b.mu.Lock()
+	b.ctrlRun = r
+	b.mu.Unlock()
+	return nil
 }
 
 // waitFor polls fn until it succeeds or timeout passes.

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keyhole-net/keyhole/controller"
+)
+
+func (c *cli) controllerCmd() *cobra.Command {
+	var (
+		cfg   controller.Config
+		names []string
+	)
+	cmd := &cobra.Command{
+		Use:   "controller",
+		Short: "Run the control plane (HTTPS API, grant issuing, gateway streams)",
+		Long: `Run the controller. On first start it creates a CA and an admin token in
+--data and prints both the CA fingerprint (everything that joins pins it) and
+the token (shown once; also saved in DATA/admin.token).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			cfg.Names = names
+			cfg.Logger = c.log.With("role", "controller")
+			ctrl, err := controller.New(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer ctrl.Close()
+			addr, err := ctrl.Listen()
+			if err != nil {
+				return err
+			}
+			out := c.stdout
+			fmt.Fprintf(out, "CA fingerprint: %s\n", ctrl.Fingerprint())
+			tokenFile := filepath.Join(cfg.DataDir, "admin.token")
+			if tok := ctrl.FirstAdminToken(); tok.Reveal() != "" {
+				fmt.Fprintf(out, "Admin token:    %s\n", tok.Reveal())
+				fmt.Fprintf(out, "                (shown once; also saved in %s, mode 0600)\n", tokenFile)
+			} else {
+				fmt.Fprintf(out, "Admin token:    in %s (created on first start)\n", tokenFile)
+			}
+			fmt.Fprintf(out, "Listening on    https://%s\n", displayAddr(addr))
+			return ctrl.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data", defaultDataDir("controller"), "data directory (CA, database, admin token)")
+	f.StringVar(&cfg.Listen, "listen", controller.DefaultListen, "HTTPS API address")
+	f.StringSliceVar(&names, "name", nil, "DNS name or IP the server certificate carries (repeatable; default localhost, 127.0.0.1, ::1 and the host name)")
+	f.DurationVar(&cfg.GrantLifetime, "grant-lifetime", controller.DefaultGrantLifetime, "lifetime of a grant before renewal")
+	f.DurationVar(&cfg.SessionLifetime, "session-lifetime", controller.DefaultSessionLifetime, "how long a login lasts")
+	f.DurationVar(&cfg.CertLifetime, "cert-lifetime", controller.DefaultCertLifetime, "lifetime of device and gateway certificates")
+	return cmd
+}
+
+// displayAddr turns a wildcard listen address into one a person on this
+// machine can use in a URL.
+func displayAddr(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	if tcp.IP == nil || tcp.IP.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))
+	}
+	return tcp.String()
+}

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keyhole-net/keyhole/client"
+)
+
+func (c *cli) loginCmd() *cobra.Command {
+	var (
+		cfg           client.LoginConfig
+		passwordStdin bool
+	)
+	cmd := &cobra.Command{
+		Use:   "login",
+		Short: "Log in and enrol this device (the device key never leaves it)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			controllerTarget(cmd, &cfg.CAFingerprint, nil)
+			if cfg.User == "" {
+				return fmt.Errorf("give --user NAME")
+			}
+			if cfg.CAFingerprint == "" {
+				return fmt.Errorf("give --ca-fingerprint sha256:… (keyhole controller prints it on start) or set KEYHOLE_CA_FINGERPRINT")
+			}
+			pw, err := readPassword(cmd.InOrStdin(), c.stderr, passwordStdin, "Password for "+cfg.User)
+			if err != nil {
+				return err
+			}
+			cfg.Password = pw
+			p, err := client.Login(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.stdout, "Logged in as %s\n", p.User)
+			fmt.Fprintf(c.stdout, "Device:     %s\n", p.DeviceID)
+			fmt.Fprintf(c.stdout, "Overlay IP: %s\n", p.OverlayIP)
+			fmt.Fprintf(c.stdout, "Session:    until %s\n", fmtTime(p.SessionExpiresAt))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.ControllerURL, "controller", defaultControllerURL, "controller URL")
+	f.StringVar(&cfg.CAFingerprint, "ca-fingerprint", "", "controller CA fingerprint, sha256:… (printed by keyhole controller)")
+	f.StringVar(&cfg.User, "user", "", "user name")
+	f.BoolVar(&passwordStdin, "password-stdin", false, "read the password as one line from standard input")
+	f.StringVar(&cfg.DataDir, "data", defaultDataDir(""), "client data directory")
+	f.StringVar(&cfg.DeviceName, "device-name", "", "name of this device (default: host name)")
+	return cmd
+}
+
+func (c *cli) logoutCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "logout",
+		Short: "End this device's session and release its grants",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := client.LoadProfile(dir)
+			if err != nil {
+				return err
+			}
+			if err := client.Logout(cmd.Context(), dir); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.stdout, "Logged out %s. Device %s stays enrolled; keyhole login reuses it.\n", p.User, p.DeviceID)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "data", defaultDataDir(""), "client data directory")
+	return cmd
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keyhole-net/keyhole/client"
+	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/trust"
+)
+
+// statusReport is what keyhole status --json prints.
+type statusReport struct {
+	DataDir  string          `json:"data_dir"`
+	LoggedIn bool            `json:"logged_in"`
+	Profile  *client.Profile `json:"profile,omitempty"`
+	// CertificateExpiresAt is the device certificate's NotAfter; a running
+	// client renews it.
+	CertificateExpiresAt time.Time `json:"certificate_expires_at,omitzero"`
+	// Running is true when a client (connect or up) is running on this
+	// data directory; Client is then its own report.
+	Running bool           `json:"running"`
+	Client  *client.Status `json:"client,omitempty"`
+}
+
+func (c *cli) statusCmd() *cobra.Command {
+	var (
+		dir    string
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show this device's login, grants and tunnel peers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rep, err := readStatus(dir)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(c.stdout, rep)
+			}
+			return printStatus(c.stdout, rep)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "data", defaultDataDir(""), "client data directory")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// readStatus gathers the report from dir.
+func readStatus(dir string) (*statusReport, error) {
+	rep := &statusReport{DataDir: dir}
+	p, err := client.LoadProfile(dir)
+	if errors.Is(err, client.ErrNotLoggedIn) {
+		return rep, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	rep.Profile = p
+	// Logout removes the session but keeps the device identity and profile.
+	if _, err := os.Stat(filepath.Join(dir, "session.token")); err == nil {
+		rep.LoggedIn = true
+	}
+	if creds, err := trust.LoadCredentials(dir); err == nil {
+		rep.CertificateExpiresAt = creds.Cert.NotAfter.UTC()
+	}
+	if st, err := client.ReadStatus(dir); err == nil {
+		rep.Running = true
+		rep.Client = st
+	}
+	return rep, nil
+}
+
+func printStatus(w io.Writer, rep *statusReport) error {
+	if rep.Profile == nil {
+		fmt.Fprintf(w, "Not logged in (data directory %s). Run keyhole login.\n", rep.DataDir)
+		return nil
+	}
+	p := rep.Profile
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "User:\t%s\n", p.User)
+	fmt.Fprintf(tw, "Device:\t%s\n", p.DeviceID)
+	fmt.Fprintf(tw, "Controller:\t%s\n", p.ControllerURL)
+	fmt.Fprintf(tw, "Overlay IP:\t%s\n", p.OverlayIP)
+	if rep.LoggedIn {
+		fmt.Fprintf(tw, "Session:\texpires %s\n", fmtTime(p.SessionExpiresAt))
+	} else {
+		fmt.Fprintf(tw, "Session:\tlogged out (keyhole login to start one)\n")
+	}
+	fmt.Fprintf(tw, "Certificate:\texpires %s\n", fmtTime(rep.CertificateExpiresAt))
+	if rep.Running {
+		fmt.Fprintf(tw, "Client:\trunning (pid %d)\n", rep.Client.PID)
+	} else {
+		fmt.Fprintf(tw, "Client:\tnot running (keyhole connect or keyhole up starts one)\n")
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if !rep.Running {
+		return nil
+	}
+	st := rep.Client
+	fmt.Fprintln(w)
+	if len(st.Grants) == 0 {
+		fmt.Fprintln(w, "No grants.")
+	} else {
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "GRANT\tAPP\tGATEWAY\tPORTS\tTARGETS\tEXPIRES")
+		for _, g := range st.Grants {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.App, g.GatewayID, api.FormatPortRanges(g.Ports), targets(g.Targets), fmtTime(g.NotAfter))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if len(st.Peers) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "GATEWAY\tENDPOINT\tLAST HANDSHAKE\tRX\tTX")
+		for _, p := range st.Peers {
+			hs := "never"
+			if !p.LastHandshake.IsZero() {
+				hs = fmtRel(p.LastHandshake)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.GatewayID, p.Endpoint, hs, fmtBytes(p.RxBytes), fmtBytes(p.TxBytes))
+		}
+		return tw.Flush()
+	}
+	return nil
+}
+
+// targets prints what a grant routes: "wiki.corp.internal (100.80.0.1)".
+func targets(ts []api.GrantTarget) string {
+	s := make([]string, len(ts))
+	for i, t := range ts {
+		if t.Host != "" {
+			s[i] = fmt.Sprintf("%s (%s)", t.Host, t.Prefix.Addr())
+		} else {
+			s[i] = t.Prefix.String()
+		}
+	}
+	return strings.Join(s, ", ")
+}
+
+// writeJSON prints v as indented JSON.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
