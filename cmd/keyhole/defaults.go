@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -58,10 +60,17 @@ func findLocalController() localController {
 }
 
 // controllerTarget fills in the CA fingerprint (and admin token, when tok
-// is non-nil) from a local controller when the controller URL is the
-// default one that nobody set.
+// is non-nil) from a controller with the default data directory on this
+// machine, when the controller URL is the default or names this machine
+// (loopback): local secrets are never offered to a remote controller.
 func controllerTarget(cmd *cobra.Command, fp, tok *string) {
 	if cmd.Flags().Changed("controller") {
+		u, err := url.Parse(cmd.Flag("controller").Value.String())
+		if err != nil || !isLoopbackHost(u.Hostname()) {
+			return
+		}
+	}
+	if *fp != "" && (tok == nil || *tok != "") {
 		return
 	}
 	lc := findLocalController()
@@ -71,6 +80,15 @@ func controllerTarget(cmd *cobra.Command, fp, tok *string) {
 	if tok != nil && *tok == "" {
 		*tok = lc.adminToken
 	}
+}
+
+// isLoopbackHost reports whether host is localhost or a loopback address.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // readPassword reads a password: one line from in with fromStdin, else a
