@@ -77,7 +77,6 @@ func (c *Controller) handleEnrol(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-
 func (c *Controller) handleGatewayCert(w http.ResponseWriter, r *http.Request, g gatewayCaller) error {
 	return c.renewCert(w, r, trust.KindGateway, string(g.gateway.ID))
 }

@@ -21,7 +21,7 @@ func mustKey(tb testing.TB) key.WGPublic {
 
 type fakeClock struct{ t atomic.Int64 }
 
-func (c *fakeClock) now() time.Time       { return time.Unix(0, c.t.Load()).UTC() }
+func (c *fakeClock) now() time.Time      { return time.Unix(0, c.t.Load()).UTC() }
 func (c *fakeClock) add(d time.Duration) { c.t.Add(int64(d)) }
 
 type closer struct{ closed atomic.Bool }

@@ -470,10 +470,10 @@ func adminGatewayCmd(o *adminOpts) *cobra.Command {
 func adminPolicyCmd(o *adminOpts) *cobra.Command {
 	cmd := groupCmd("policy", "Manage the ordered policy (first match wins; default deny)")
 	var (
-		allow, deny          bool
-		groups, users, apps  []string
-		position             int
-		description          string
+		allow, deny         bool
+		groups, users, apps []string
+		position            int
+		description         string
 	)
 	add := &cobra.Command{
 		Use:     "add (--allow|--deny) [--group G]… [--user U]… --app A…",

@@ -16,8 +16,8 @@ import (
 	"github.com/keyhole-net/keyhole/client"
 	"github.com/keyhole-net/keyhole/internal/api"
 	"github.com/keyhole-net/keyhole/internal/apiclient"
-	"github.com/keyhole-net/keyhole/internal/trust"
 	"github.com/keyhole-net/keyhole/internal/key"
+	"github.com/keyhole-net/keyhole/internal/trust"
 	"github.com/keyhole-net/keyhole/internal/wg"
 )
 
@@ -425,4 +425,3 @@ func snapshot(t *testing.T, f *fixture) string {
 	}
 	return b.String()
 }
-
