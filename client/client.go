@@ -312,6 +312,24 @@ func (c *Client) releaseAll() {
 	}
 }
 
+// Release gives up the grant that covers dest, at the controller and
+// locally; connections made under it close.
+func (c *Client) Release(ctx context.Context, dest string) error {
+	c.mu.Lock()
+	lg := c.byDest[dest]
+	c.mu.Unlock()
+	if lg == nil {
+		return fmt.Errorf("release %s: no grant held", dest)
+	}
+	id := lg.resp.Grant.ID
+	err := c.sess.api.Do(ctx, "DELETE", "/v1/grants/"+string(id), nil, nil)
+	c.drop(id, "released")
+	if err != nil {
+		return fmt.Errorf("release %s: %w", dest, err)
+	}
+	return nil
+}
+
 // dialAddr picks the tunnel address for dest under grant resp: the virtual
 // IP of a domain, the address itself, or the app's only address.
 func dialAddr(resp api.GrantResponse, dest string) (netip.Addr, error) {
@@ -341,6 +359,23 @@ func dialAddr(resp api.GrantResponse, dest string) (netip.Addr, error) {
 // requesting a grant first if needed. The grant is renewed while the
 // connection is open.
 func (c *Client) Dial(ctx context.Context, network, dest string, port uint16) (net.Conn, error) {
+	conn, err := c.dial(ctx, network, dest, port)
+	if err != nil && network == "tcp" && isRefused(err) {
+		// The gateway refused under a grant we hold: it may have been
+		// revoked or replaced while we cached it. Forget it and ask the
+		// controller once more; it decides afresh (and may deny).
+		c.mu.Lock()
+		lg := c.byDest[dest]
+		c.mu.Unlock()
+		if lg != nil {
+			c.drop(lg.resp.Grant.ID, "gateway refused a connection under it")
+			return c.dial(ctx, network, dest, port)
+		}
+	}
+	return conn, err
+}
+
+func (c *Client) dial(ctx context.Context, network, dest string, port uint16) (net.Conn, error) {
 	resp, err := c.Grant(ctx, dest, network, port)
 	if err != nil {
 		return nil, err

@@ -145,6 +145,16 @@ func LoadProfile(dir string) (*Profile, error) {
 	return &p, nil
 }
 
+// LoggedIn reports whether dir holds a login with a session (logout keeps
+// the device identity but removes the session).
+func LoggedIn(dir string) bool {
+	if _, err := LoadProfile(dir); err != nil {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(dir, fileSession))
+	return err == nil
+}
+
 // session is everything needed to talk to the controller as this device.
 type session struct {
 	profile *Profile

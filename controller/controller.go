@@ -178,6 +178,10 @@ func (c *Controller) createFirstAdminToken(ctx context.Context) error {
 // later starts (it is in DataDir/admin.token).
 func (c *Controller) FirstAdminToken() auth.Token { return c.firstAdminToken }
 
+// Reload re-reads apps and policy from the store. Only tools that write the
+// store directly (bulk imports, benchmarks) need it; the API reloads itself.
+func (c *Controller) Reload(ctx context.Context) error { return c.reloadCatalog(ctx) }
+
 // Fingerprint returns the CA fingerprint clients and gateways pin.
 func (c *Controller) Fingerprint() string { return c.ca.Fingerprint() }
 

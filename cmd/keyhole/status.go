@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -69,10 +67,7 @@ func readStatus(dir string) (*statusReport, error) {
 		return nil, err
 	}
 	rep.Profile = p
-	// Logout removes the session but keeps the device identity and profile.
-	if _, err := os.Stat(filepath.Join(dir, "session.token")); err == nil {
-		rep.LoggedIn = true
-	}
+	rep.LoggedIn = client.LoggedIn(dir)
 	if creds, err := trust.LoadCredentials(dir); err == nil {
 		rep.CertificateExpiresAt = creds.Cert.NotAfter.UTC()
 	}

@@ -71,6 +71,7 @@ type demo struct {
 	cfg  DemoConfig
 	out  io.Writer
 	step int
+	ctx  context.Context // RunDemo's: once done, failures are just the stop
 
 	dir       string
 	removeDir bool
@@ -97,7 +98,7 @@ func RunDemo(ctx context.Context, cfg DemoConfig) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	d := &demo{cfg: cfg, out: cfg.Out}
+	d := &demo{cfg: cfg, out: cfg.Out, ctx: ctx}
 	err := d.run(ctx)
 	d.close()
 	if ctx.Err() != nil {
@@ -121,8 +122,12 @@ func (d *demo) detail(format string, args ...any) {
 	fmt.Fprintf(d.out, "     %s\n", fmt.Sprintf(format, args...))
 }
 
-// fail reports the step that could not be done and returns err.
+// fail reports the step that could not be done and returns err. After
+// Ctrl-C a step cut short is not a failure and is not reported.
 func (d *demo) fail(what string, err error) error {
+	if d.ctx.Err() != nil {
+		return err
+	}
 	d.step++
 	fmt.Fprintf(d.out, "%2d ✗ %s: %v\n", d.step, what, err)
 	return fmt.Errorf("demo: %s: %w", what, err)
