@@ -63,6 +63,7 @@ KEYHOLE_CA_FINGERPRINT, KEYHOLE_DATA, …), then the YAML file named by
 		c.logoutCmd(),
 		c.adminCmd(),
 		c.demoCmd(),
+		c.benchCmd(),
 		c.versionCmd(),
 	)
 	return root

@@ -30,6 +30,10 @@ const (
 	// scratchSize holds any packet gVisor can produce (gsoMaxSize plus
 	// headers), for flattening a GSO packet before cutting it up.
 	scratchSize = 1 << 16
+
+	// groBucketSize mirrors the unexported per-bucket capacity of
+	// gVisor's gro.GRO.
+	groBucketSize = 8
 )
 
 // linkEndpoint is the gVisor side of the data plane: a stack.LinkEndpoint
@@ -349,7 +353,14 @@ func (e *linkEndpoint) write(bufs [][]byte, offset int) (int, error) {
 		g.Enqueue(pkt)
 		pkt.DecRef()
 	}
-	g.Flush()
+	// gro.GRO.Flush in this gVisor version delivers only the oldest
+	// packet of each bucket: removing an entry clears the list links its
+	// loop follows. A bucket holds at most groBucketSize (8) packets, so
+	// flushing that often empties it, and must, since this GRO goes back
+	// to a pool.
+	for range groBucketSize {
+		g.Flush()
+	}
 	g.Dispatcher = nil
 	e.gros.Put(g)
 	return len(bufs), nil

@@ -87,6 +87,13 @@ func TestFileModes(t *testing.T) {
 	if err := s.r.QueryRow(`PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
 		t.Errorf("journal_mode = %q, %v; want wal", mode, err)
 	}
+	// Per-connection settings, on the writer.
+	for pragma, want := range map[string]int{"synchronous": 1, "foreign_keys": 1, "busy_timeout": int(busyTimeout.Milliseconds())} {
+		var got int
+		if err := s.w.QueryRow(`PRAGMA ` + pragma).Scan(&got); err != nil || got != want {
+			t.Errorf("PRAGMA %s = %d, %v; want %d", pragma, got, err, want)
+		}
+	}
 }
 
 func TestRefuseNewerSchema(t *testing.T) {
