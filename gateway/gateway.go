@@ -187,6 +187,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	defer cancel()
 	n.SetTCPHandler(func(r *wg.TCPRequest) { g.handleTCP(ctx, r) })
 	n.SetUDPHandler(func(r *wg.UDPRequest) { g.handleUDP(ctx, r) })
+	n.SetRefuseHook(func(src, dst netip.AddrPort) { g.refuse("tcp", src, dst, ErrDestination) })
 	g.log.Info("gateway up", "gateway_id", g.st.GatewayID, "group", g.st.Group, "wireguard_port", n.Port(), "overlay_ip", g.st.OverlayIP)
 	g.readyOnce.Do(func() { close(g.ready) })
 

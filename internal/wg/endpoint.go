@@ -1,6 +1,7 @@
 package wg
 
 import (
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -48,6 +49,10 @@ type linkEndpoint struct {
 	closeOnce sync.Once
 	closed    atomic.Bool
 	drops     atomic.Uint64 // outbound packets dropped: queue full, closed, or malformed
+	// refuseFrom, when set (Forward mode), is the address refusals of
+	// SYNs to martian destinations come from; see martianRST.
+	refuseFrom atomic.Pointer[netip.Addr]
+	onRefuse   atomic.Pointer[func(src, dst netip.AddrPort)]
 
 	mu         sync.RWMutex // guards dispatcher, onClose
 	dispatcher stack.NetworkDispatcher
@@ -104,11 +109,16 @@ func (*linkEndpoint) LinkAddress() tcpip.LinkAddress { return "" }
 // SetLinkAddress implements stack.LinkEndpoint.
 func (*linkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
-// Capabilities implements stack.LinkEndpoint. We claim no checksum offload:
-// GSO packets get their checksums completed in segmentTCP, and everything
-// else gVisor checksums itself. Receive-side validation is skipped per packet
-// instead (see Write).
-func (*linkEndpoint) Capabilities() stack.LinkEndpointCapabilities { return stack.CapabilityNone }
+// Capabilities implements stack.LinkEndpoint. We claim RX checksum offload:
+// WireGuard authenticated every byte of each received packet with the peer's
+// key, so corruption in transit is impossible and a bad checksum could only be
+// the peer's own doing. It also matters for GRO, which grows the IPv4 total
+// length of coalesced packets without redoing the header checksum. We claim
+// no TX offload: GSO packets get their checksums in segmentTCP, and gVisor
+// checksums everything else itself.
+func (*linkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
+	return stack.CapabilityRXChecksumOffload
+}
 
 // GSOMaxSize implements stack.GSOEndpoint.
 func (*linkEndpoint) GSOMaxSize() uint32 { return gsoMaxSize }
@@ -330,6 +340,15 @@ func (e *linkEndpoint) write(bufs [][]byte, offset int) (int, error) {
 			continue
 		}
 		packet := buf[offset:]
+		if from := e.refuseFrom.Load(); from != nil {
+			if rst := martianRST(packet, *from); rst != nil {
+				e.queueReply(rst)
+				if h := e.onRefuse.Load(); h != nil {
+					(*h)(flowOf(packet))
+				}
+				continue
+			}
+		}
 		var proto tcpip.NetworkProtocolNumber
 		switch packet[0] >> 4 {
 		case 4:
@@ -344,11 +363,7 @@ func (e *linkEndpoint) write(bufs [][]byte, offset int) (int, error) {
 		}
 		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(packet)})
 		pkt.NetworkProtocolNumber = proto
-		// WireGuard authenticated every byte of this packet with the
-		// peer's key, so link corruption is impossible and a bad
-		// checksum could only be the peer's own doing: skip the
-		// stack's verification, as a NIC with RX checksum offload
-		// would let it.
+		// See Capabilities: GRO reads this flag before the NIC sets it.
 		pkt.RXChecksumValidated = true
 		g.Enqueue(pkt)
 		pkt.DecRef()

@@ -172,8 +172,8 @@ func New(cfg Config) (*Net, error) {
 	uapi := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", cfg.PrivateKey.UAPIHex(), cfg.ListenPort)
 	if err := n.dev.IpcSet(uapi); err != nil {
 		n.Close()
-		// Do not wrap err: the device echoes nothing secret, but keep
-		// the private key far from any error path anyway.
+		// Not wrapped: the UAPI error may quote the line it rejected,
+		// and that line holds the private key.
 		return nil, errors.New("wg: new: configure device key and port failed")
 	}
 	if err := n.dev.Up(); err != nil {
@@ -256,6 +256,14 @@ func (n *Net) newStack(cfg Config, mtu int) error {
 			return fail("set spoofing", err)
 		}
 		has4, has6 = true, true
+		from := netip.IPv4Unspecified()
+		for _, a := range cfg.Addresses {
+			if a.Is4() {
+				from = a
+				break
+			}
+		}
+		n.ep.refuseFrom.Store(&from)
 		n.startForwarders()
 	}
 	var routes []tcpip.Route

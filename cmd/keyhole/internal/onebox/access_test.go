@@ -308,10 +308,10 @@ func TestControllerOutageAndRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	notAfter := c.Status().Grants[0].NotAfter
 	if err := f.box.StopController(); err != nil {
 		t.Fatal(err)
 	}
-	notAfter := c.Status().Grants[0].NotAfter
 	// Established access keeps working until NotAfter…
 	for time.Until(notAfter) > 300*time.Millisecond {
 		if err := echoOnce(conn, "still here"); err != nil {
