@@ -76,12 +76,12 @@ func (c *Controller) handleGrantRequest(w http.ResponseWriter, r *http.Request, 
 // must find the gateway ready.
 func (c *Controller) issue(ctx context.Context, d deviceCaller, app store.App, dec policy.Decision, ev api.AuditEvent) (api.GrantResponse, error) {
 	now := c.now()
-	live, err := c.store.LiveGrants(ctx, now, "", d.device.ID)
+	live, err := c.store.LiveGrantsFor(ctx, now, d.device.ID, app.ID)
 	if err != nil {
 		return api.GrantResponse{}, err
 	}
 	for _, g := range live {
-		if g.AppID == app.ID && c.hub.connected(g.GatewayID) {
+		if c.hub.connected(g.GatewayID) {
 			return c.extend(ctx, g, dec, ev)
 		}
 	}

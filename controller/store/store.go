@@ -169,6 +169,10 @@ type Store interface {
 	// LiveGrants lists grants not revoked and with NotAfter after now;
 	// a non-empty gateway or device narrows the list.
 	LiveGrants(ctx context.Context, now time.Time, gateway api.GatewayID, device api.DeviceID) ([]Grant, error)
+	// LiveGrantsFor lists the live grants of one device for one app (the
+	// grant path's "does this device already hold it?", without reading
+	// all of the device's grants).
+	LiveGrantsFor(ctx context.Context, now time.Time, device api.DeviceID, app api.AppID) ([]Grant, error)
 	// RenewGrant sets a new NotAfter on a live grant and appends ev.
 	RenewGrant(ctx context.Context, id api.GrantID, notAfter time.Time, ev api.AuditEvent) error
 	// RevokeGrants marks grants revoked (already revoked ones are left as

@@ -29,6 +29,7 @@ const (
 	liveByGateway
 	liveByDevice
 	liveByBoth
+	liveByDeviceApp
 	numLiveFilters
 )
 
@@ -44,6 +45,8 @@ func liveGrantsSQL(filter int) string {
 		// "+" keeps SQLite off the gateway index: a device has a handful
 		// of grants, a gateway thousands.
 		q += ` AND +gateway_id = ? AND device_id = ?`
+	case liveByDeviceApp:
+		q += ` AND device_id = ? AND +app_id = ?`
 	}
 	return q + ` ORDER BY created_at, id`
 }
@@ -242,6 +245,27 @@ func (s *Store) LiveGrants(ctx context.Context, now time.Time, gateway api.Gatew
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("live grants: %w", err)
+	}
+	return out, nil
+}
+
+// LiveGrantsFor implements store.Store.
+func (s *Store) LiveGrantsFor(ctx context.Context, now time.Time, device api.DeviceID, app api.AppID) ([]store.Grant, error) {
+	rows, err := s.liveGrants[liveByDeviceApp].QueryContext(ctx, now.UnixNano(), string(device), string(app))
+	if err != nil {
+		return nil, fmt.Errorf("live grants for %s: %w", device, err)
+	}
+	defer rows.Close()
+	var out []store.Grant
+	for rows.Next() {
+		g, err := scanGrant(rows)
+		if err != nil {
+			return nil, fmt.Errorf("live grants for %s: %w", device, err)
+		}
+		out = append(out, g)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("live grants for %s: %w", device, err)
 	}
 	return out, nil
 }

@@ -759,6 +759,24 @@ func testLiveGrants(t *testing.T, s store.Store) {
 	got, err := s.LiveGrants(ctx, now, "gw_x", a.ID)
 	mustOK(t, err)
 	wantEqual(t, "LiveGrants full row", got, []store.Grant{fixtures[0]})
+	for _, tt := range []struct {
+		name   string
+		device api.DeviceID
+		app    api.AppID
+		want   []api.GrantID
+	}{
+		{"device a, wiki", a.ID, "app_wiki", []api.GrantID{"g1", "g5"}},
+		{"device a, other app", a.ID, "app_other", nil},
+		{"unknown device", "dev_z", "app_wiki", nil},
+	} {
+		got, err := s.LiveGrantsFor(ctx, now, tt.device, tt.app)
+		mustOK(t, err)
+		var ids []api.GrantID
+		for _, g := range got {
+			ids = append(ids, g.ID)
+		}
+		wantEqual(t, "LiveGrantsFor "+tt.name, ids, tt.want)
+	}
 }
 
 func testRenewGrant(t *testing.T, s store.Store) {

@@ -171,6 +171,21 @@ func TestAllowedViaForwardAndSOCKS(t *testing.T) {
 	if !strings.Contains(string(b), "wiki") {
 		t.Fatalf("through socks: %q", b)
 	}
+	// The gateway reported the flows: who, which app, where it dialled,
+	// bytes each way.
+	eventually(t, 5*time.Second, func() error {
+		recs, err := f.box.Admin.Flows(context.Background(), "", 10)
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			if r.App == "wiki" && r.Proto == "tcp" && r.BytesUp > 0 && r.BytesDown > 0 && r.DeviceID != "" && r.GatewayID != "" &&
+				strings.HasPrefix(r.Destination, "wiki.corp.internal:") && !r.End.Before(r.Start) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no complete flow record for wiki yet: %+v", recs)
+	})
 	// A denied destination through SOCKS fails at once with a refusal.
 	start := time.Now()
 	_, err = hc.Get("http://payroll.corp.internal:80/")
