@@ -4,7 +4,7 @@ BIN     ?= bin/keyhole
 PKGS    ?= ./...
 # Packages with concurrency, run under the race detector in `make test`.
 RACE_PKGS ?= ./...
-STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@2025.1.1
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: all build test test-race test-e2e demo bench lint fuzz clean
 

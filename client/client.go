@@ -43,10 +43,11 @@ type Client struct {
 	net  *wg.Net
 	sf   singleflight.Group
 
-	mu       sync.Mutex // guards grants, byDest, peers
+	mu       sync.Mutex // guards grants, byDest, peers, idle
 	grants   map[api.GrantID]*liveGrant
 	byDest   map[string]*liveGrant // request string ("wiki", "wiki.corp.internal") → grant
 	peers    map[api.GatewayID]api.Peer
+	idle     map[api.GatewayID]time.Time // peers with no grant left, since when
 	renewNow chan struct{}
 }
 
@@ -90,6 +91,7 @@ func New(cfg Config) (*Client, error) {
 		grants:   make(map[api.GrantID]*liveGrant),
 		byDest:   make(map[string]*liveGrant),
 		peers:    make(map[api.GatewayID]api.Peer),
+		idle:     make(map[api.GatewayID]time.Time),
 		renewNow: make(chan struct{}, 1),
 	}, nil
 }
@@ -114,6 +116,7 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-c.renewNow:
 		}
 		c.renewDue(ctx)
+		c.reapIdlePeers()
 		if time.Since(lastStatus) > 2*time.Second {
 			c.writeStatus()
 			lastStatus = time.Now()
@@ -173,6 +176,7 @@ func (c *Client) install(resp api.GrantResponse) error {
 	}
 	lg.resp = resp
 	c.peers[resp.Peer.GatewayID] = resp.Peer
+	delete(c.idle, resp.Peer.GatewayID)
 	peer := c.peerLocked(resp.Peer.GatewayID)
 	c.mu.Unlock()
 	return c.net.UpsertPeer(peer)
@@ -224,17 +228,41 @@ func (c *Client) drop(id api.GrantID, why string) {
 		uc.Conn.Close()
 	}
 	c.log.Info("grant dropped", "grant_id", id, "app", lg.resp.Grant.App, "reason", why)
-	var err error
+	// A peer left without grants keeps its session (with no allowed IPs,
+	// so it carries nothing) for peerIdle: a new grant through the same
+	// gateway soon after reuses it instead of a fresh handshake, which
+	// WireGuard would drop as a flood and retry only after 5 s.
 	if len(peer.AllowedIPs) == 0 {
-		err = c.net.RemovePeer(peer.PublicKey)
 		c.mu.Lock()
-		delete(c.peers, gw)
+		c.idle[gw] = c.now()
 		c.mu.Unlock()
-	} else {
-		err = c.net.UpsertPeer(peer)
 	}
+	err := c.net.UpsertPeer(peer)
 	if err != nil {
 		c.log.Warn("updating peer after drop", "gateway_id", gw, "err", err)
+	}
+}
+
+// peerIdle is how long a gateway peer without grants is kept.
+const peerIdle = 30 * time.Second
+
+// reapIdlePeers removes gateway peers that have had no grant for peerIdle.
+func (c *Client) reapIdlePeers() {
+	now := c.now()
+	var gone []api.Peer
+	c.mu.Lock()
+	for gw, since := range c.idle {
+		if now.Sub(since) >= peerIdle {
+			gone = append(gone, c.peers[gw])
+			delete(c.idle, gw)
+			delete(c.peers, gw)
+		}
+	}
+	c.mu.Unlock()
+	for _, p := range gone {
+		if err := c.net.RemovePeer(p.PublicKey); err != nil {
+			c.log.Warn("removing idle peer", "gateway_id", p.GatewayID, "err", err)
+		}
 	}
 }
 

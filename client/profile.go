@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/keyhole-net/keyhole/internal/api"
@@ -186,11 +187,11 @@ func loadSession(dir string) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load wireguard key: %w", err)
 	}
-	wgKey, err := key.ParseWGPrivate(string(trimSpace(kb)))
+	wgKey, err := key.ParseWGPrivate(strings.TrimSpace(string(kb)))
 	if err != nil {
 		return nil, err
 	}
-	c, err := apiclient.New(apiclient.Config{URL: p.ControllerURL, Credentials: creds, Bearer: string(trimSpace(tb))})
+	c, err := apiclient.New(apiclient.Config{URL: p.ControllerURL, Credentials: creds, Bearer: strings.TrimSpace(string(tb))})
 	if err != nil {
 		return nil, err
 	}
@@ -213,11 +214,4 @@ func Logout(ctx context.Context, dir string) error {
 		return fmt.Errorf("logout: local session removed, but the controller was not told: %w", callErr)
 	}
 	return nil
-}
-
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
-	return b
 }

@@ -230,11 +230,14 @@ func checkGrant(gr api.GatewayGrant) error {
 	return nil
 }
 
-// peerGrace is how long a client's WireGuard peer outlives its last grant:
-// long enough for the FIN/RST of the connections just closed to reach the
-// client, so it sees them end instead of hanging. The peer grants nothing
-// by itself; every new connection is still checked against the table.
-const peerGrace = time.Second
+// peerGrace is how long a client's WireGuard peer outlives its last grant.
+// It lets the FIN/RST of the connections just closed reach the client, and
+// it must outlast the client's own idle-peer time (client.peerIdle, 30 s):
+// the client keeps its session that long to reuse it for the next grant,
+// and a gateway that had forgotten the peer would drop that traffic until
+// WireGuard re-handshakes. The peer grants nothing by itself; every new
+// connection is still checked against the table.
+const peerGrace = 60 * time.Second
 
 func (g *Gateway) applyPeers(changes []PeerChange) error {
 	for _, ch := range changes {

@@ -251,7 +251,7 @@ func (g *Gateway) setup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
-	if g.wgKey, err = key.ParseWGPrivate(string(trimNL(kb))); err != nil {
+	if g.wgKey, err = key.ParseWGPrivate(strings.TrimSpace(string(kb))); err != nil {
 		return fmt.Errorf("gateway: wg.key: %w", err)
 	}
 	url := g.st.ControllerURL
@@ -330,11 +330,4 @@ func (g *Gateway) enrol(ctx context.Context) error {
 	}
 	g.log.Info("gateway enrolled", "gateway_id", resp.GatewayID, "group", resp.Group)
 	return nil
-}
-
-func trimNL(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
-	return b
 }

@@ -107,10 +107,9 @@ func (g *Gateway) handleUDP(ctx context.Context, r *wg.UDPRequest) {
 
 // pair closes both sides of a spliced connection once.
 type pair struct {
-	once     sync.Once
-	a, b     net.Conn
-	revoked  atomic.Bool
-	closedBy atomic.Value // string
+	once    sync.Once
+	a, b    net.Conn
+	revoked atomic.Bool // closed by the grant table (revoked or expired)
 }
 
 func (p *pair) Close() error {

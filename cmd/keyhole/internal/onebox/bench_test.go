@@ -7,21 +7,30 @@ import (
 	"time"
 )
 
+// newBenchClient starts a benchmark system and a logged-in client; both
+// stop when the benchmark ends.
+func newBenchClient(b *testing.B) (*Bench, *Client) {
+	b.Helper()
+	ctx := context.Background()
+	bench, err := NewBench(ctx, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(bench.Close)
+	c, err := bench.Client(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return bench, c
+}
+
 // BenchmarkTunnelTCP compares one TCP stream through the whole product
 // (client netstack → WireGuard → gateway netstack → splice → app) with the
 // stock wireguard-go tun/netstack ↔ tun/netstack reference, in one run.
 // Report: Mbit/s for each, and the ratio ("x-stock").
 func BenchmarkTunnelTCP(b *testing.B) {
 	ctx := context.Background()
-	bench, err := NewBench(ctx, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer bench.Close()
-	c, err := bench.Client(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
+	bench, c := newBenchClient(b)
 	const size = 256 << 20
 	var stock, ours Throughput
 	for range b.N {
@@ -45,15 +54,7 @@ func BenchmarkTunnelTCP(b *testing.B) {
 // tunnel over fresh grants.
 func BenchmarkFirstByte(b *testing.B) {
 	ctx := context.Background()
-	bench, err := NewBench(ctx, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer bench.Close()
-	c, err := bench.Client(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
+	bench, c := newBenchClient(b)
 	b.ResetTimer()
 	lat, err := bench.FirstByte(ctx, c, b.N)
 	if err != nil {

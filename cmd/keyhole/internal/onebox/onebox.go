@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -99,7 +100,7 @@ func Start(ctx context.Context, cfg Config) (*Box, error) {
 		c.Close()
 		return nil, fmt.Errorf("onebox: admin token: %w", err)
 	}
-	b.AdminToken = string(trimNL(tok))
+	b.AdminToken = strings.TrimSpace(string(tok))
 	b.ctrlRun = b.start(c.Run)
 	// A restart must come back on the same address.
 	b.ctrlCfg = ccfg
@@ -305,13 +306,6 @@ func waitFor(ctx context.Context, timeout time.Duration, fn func() error) error 
 		}
 	}
 	return err
-}
-
-func trimNL(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
-		b = b[:len(b)-1]
-	}
-	return b
 }
 
 // Loopback is 127.0.0.1, where sample apps listen.
