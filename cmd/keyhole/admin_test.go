@@ -87,14 +87,14 @@ func TestAdminAppAdd(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"bad CIDR", []string{"--address", "10.0.0.5/24", "--ports", "tcp/80", "--gateway-group", "site"}, "host bits are set; did you mean 10.0.0.0/24"},
+		{"bad CIDR", []string{"--address", "198.51.100.5/24", "--ports", "tcp/80", "--gateway-group", "site"}, "host bits are set; did you mean 198.51.100.0/24"},
 		{"not an address", []string{"--address", "banana", "--ports", "tcp/80", "--gateway-group", "site"}, `--address "banana": want an IP`},
-		{"port zero", []string{"--address", "10.0.0.5", "--ports", "tcp/0", "--gateway-group", "site"}, "must be a number from 1 to 65535"},
-		{"reversed range", []string{"--address", "10.0.0.5", "--ports", "tcp/90-80", "--gateway-group", "site"}, "first port is above last"},
-		{"no protocol", []string{"--address", "10.0.0.5", "--ports", "80", "--gateway-group", "site"}, "want PROTO/PORT"},
-		{"no ports", []string{"--address", "10.0.0.5", "--gateway-group", "site"}, "give --ports"},
+		{"port zero", []string{"--address", "198.51.100.5", "--ports", "tcp/0", "--gateway-group", "site"}, "must be a number from 1 to 65535"},
+		{"reversed range", []string{"--address", "198.51.100.5", "--ports", "tcp/90-80", "--gateway-group", "site"}, "first port is above last"},
+		{"no protocol", []string{"--address", "198.51.100.5", "--ports", "80", "--gateway-group", "site"}, "want PROTO/PORT"},
+		{"no ports", []string{"--address", "198.51.100.5", "--gateway-group", "site"}, "give --ports"},
 		{"no target", []string{"--ports", "tcp/80", "--gateway-group", "site"}, "at least one --address"},
-		{"no gateway group", []string{"--address", "10.0.0.5", "--ports", "tcp/80"}, "give --gateway-group"},
+		{"no gateway group", []string{"--address", "198.51.100.5", "--ports", "tcp/80"}, "give --gateway-group"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append(append([]string{"admin", "app", "add", "x"}, tc.args...), nowhere...)
@@ -105,12 +105,12 @@ func TestAdminAppAdd(t *testing.T) {
 		})
 	}
 
-	r := keyhole(t, "", append([]string{"admin", "app", "add", "x", "--address", "10.0.0.5", "--ports", "tcp/80", "--gateway-group", "nope"}, s.adminFlags()...)...)
+	r := keyhole(t, "", append([]string{"admin", "app", "add", "x", "--address", "198.51.100.5", "--ports", "tcp/80", "--gateway-group", "nope"}, s.adminFlags()...)...)
 	if r.code != 1 || !strings.Contains(r.stderr, `gateway group "nope" does not exist; create it with keyhole admin gateway-group add nope`) {
 		t.Errorf("unknown gateway group: exit %d, stderr %q", r.code, r.stderr)
 	}
 
-	app := decodeJSON[api.App](t, mustRun(t, "", append([]string{"admin", "app", "add", "db", "--address", "10.0.0.5", "--address", "10.20.0.0/24",
+	app := decodeJSON[api.App](t, mustRun(t, "", append([]string{"admin", "app", "add", "db", "--address", "198.51.100.5", "--address", "10.20.0.0/24",
 		"--ports", "tcp/5432,tcp/8000-8010,udp/53", "--gateway-group", "site", "--json"}, s.adminFlags()...)...))
 	if got := api.FormatPortRanges(app.Ports); got != "tcp/5432,tcp/8000-8010,udp/53" {
 		t.Errorf("ports %s", got)
