@@ -110,12 +110,12 @@ func TestAdminAppAdd(t *testing.T) {
 		t.Errorf("unknown gateway group: exit %d, stderr %q", r.code, r.stderr)
 	}
 
-	app := decodeJSON[api.App](t, mustRun(t, "", append([]string{"admin", "app", "add", "db", "--address", "198.51.100.5", "--address", "10.20.0.0/24",
+	app := decodeJSON[api.App](t, mustRun(t, "", append([]string{"admin", "app", "add", "db", "--address", "198.51.100.5", "--address", "203.0.113.0/24",
 		"--ports", "tcp/5432,tcp/8000-8010,udp/53", "--gateway-group", "site", "--json"}, s.adminFlags()...)...))
 	if got := api.FormatPortRanges(app.Ports); got != "tcp/5432,tcp/8000-8010,udp/53" {
 		t.Errorf("ports %s", got)
 	}
-	if len(app.Addresses) != 2 || app.Addresses[0].String() != "10.0.0.5/32" || app.Addresses[1].String() != "10.20.0.0/24" {
+	if len(app.Addresses) != 2 || app.Addresses[0].String() != "198.51.100.5/32" || app.Addresses[1].String() != "203.0.113.0/24" {
 		t.Errorf("addresses %v", app.Addresses)
 	}
 	mustRun(t, "", append([]string{"admin", "app", "add", "wiki", "--domain", "Wiki.Corp.Internal.", "--ports", "tcp/443", "--gateway-group", "site"}, s.adminFlags()...)...)

@@ -421,7 +421,7 @@ func TestParsePeers(t *testing.T) {
 		"last_handshake_time_nsec=5\n" +
 		"tx_bytes=10\nrx_bytes=20\n" +
 		"persistent_keepalive_interval=25\n" +
-		"allowed_ip=10.0.0.0/8\nallowed_ip=fd00::/64\n" +
+		"allowed_ip=198.51.100.0/24\nallowed_ip=fd00::/64\n" +
 		"public_key=" + k2.UAPIHex() + "\n" +
 		"last_handshake_time_sec=0\nlast_handshake_time_nsec=0\n" +
 		"errno=0\n"
