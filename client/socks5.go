@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -211,11 +210,9 @@ func (c *Client) serveSOCKSConn(ctx context.Context, in net.Conn) {
 	pipe(&bufferedConn{Conn: in, r: br}, out)
 }
 
-// isRefused reports a refusal by the gateway (TCP RST), which the
-// userspace stack reports as text rather than as syscall.ECONNREFUSED.
-func isRefused(err error) bool {
-	return errors.Is(err, syscall.ECONNREFUSED) || strings.Contains(err.Error(), "refused")
-}
+// isRefused reports a refusal by the gateway (TCP RST or ICMP port
+// unreachable); internal/wg maps both to syscall.ECONNREFUSED.
+func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 
 // bufferedConn reads through a bufio.Reader that may hold early bytes.
 type bufferedConn struct {
