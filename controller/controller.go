@@ -266,7 +266,12 @@ func (c *Controller) routes() http.Handler {
 	h := func(pattern string, fn handler) { mux.Handle(pattern, c.wrap(fn)) }
 
 	h("GET /v1/health", c.handleHealth)
-	mux.Handle("GET /metrics", c.metrics.handler())
+	// Metrics reveal who uses what and how much: admin token required
+	// (Prometheus: authorization.credentials in the scrape config).
+	h("GET /metrics", c.admin(func(w http.ResponseWriter, r *http.Request, _ adminCaller) error {
+		c.metrics.handler().ServeHTTP(w, r)
+		return nil
+	}))
 
 	// Admin API (admin token).
 	h("GET /v1/users", c.admin(c.handleUserList))

@@ -89,6 +89,7 @@ func TestBadInputGetsClearErrorsAndChangesNothing(t *testing.T) {
 		{"admin without token", "GET", "/v1/users", "", ``, nil, 401, api.CodeUnauthorized},
 		{"admin with wrong token", "POST", "/v1/groups", "khadm_wrong", `{"name":"x"}`, nil, 401, api.CodeUnauthorized},
 		{"unknown endpoint", "GET", "/v1/nope", tok, ``, nil, 404, api.CodeNotFound},
+		{"metrics without token", "GET", "/metrics", "", ``, nil, 401, api.CodeUnauthorized},
 		{"forged enrolment token", "POST", "/v1/gateway/enrol", "", `{"token":"khgw_forged","name":"x","csr":"` + csrJSON(t) + `","wg_public_key":"` + wgPubJSON(t) + `"}`, nil, 401, api.CodeUnauthorized},
 		{"grant without device certificate", "POST", "/v1/grants", "", `{"app":"wiki"}`, nil, 401, api.CodeUnauthorized},
 	}
@@ -107,6 +108,9 @@ func TestBadInputGetsClearErrorsAndChangesNothing(t *testing.T) {
 				t.Fatalf("got %d %s (%s), want %d %s", status, e.Code, e.Message, tc.status, tc.code)
 			}
 		})
+	}
+	if status, _ := rawCall(t, f, "GET", "/metrics", tok, "", nil); status != 200 {
+		t.Fatalf("metrics with the admin token: status %d", status)
 	}
 	if after := snapshot(t, f); after != before {
 		t.Fatalf("bad input changed state:\nbefore %s\nafter  %s", before, after)
