@@ -56,6 +56,7 @@ KEYHOLE_CA_FINGERPRINT, KEYHOLE_DATA, …), then the YAML file named by
 	root.AddCommand(
 		c.controllerCmd(),
 		c.gatewayCmd(),
+		c.relayCmd(),
 		c.loginCmd(),
 		c.connectCmd(),
 		c.upCmd(),
