@@ -58,6 +58,14 @@ type Bind struct {
 	mu      sync.Mutex // guards pending, done
 	pending map[[stunTxIDSize]byte]*transaction
 	done    chan struct{} // closed by Close; nil while the Bind is not open
+
+	checks atomic.Pointer[CheckConfig]
+
+	relay    atomic.Pointer[relayState]
+	relayRx  chan relayPacket // from the allocation's reader to wireguard-go
+	pool     sync.Pool        // of *[maxPacket]byte
+	relayMu  sync.Mutex       // guards relayEps
+	relayEps map[netip.AddrPort]*RelayEndpoint
 }
 
 // transaction is one outstanding Binding request.
@@ -73,7 +81,13 @@ func NewBind(inner conn.Bind) *Bind {
 	if inner == nil {
 		inner = conn.NewDefaultBind()
 	}
-	return &Bind{inner: inner, pending: make(map[[stunTxIDSize]byte]*transaction)}
+	return &Bind{
+		inner:    inner,
+		pending:  make(map[[stunTxIDSize]byte]*transaction),
+		relayRx:  make(chan relayPacket, 256),
+		pool:     sync.Pool{New: func() any { return new([maxPacket]byte) }},
+		relayEps: make(map[netip.AddrPort]*RelayEndpoint),
+	}
 }
 
 // Open opens the wrapped Bind and returns its receive functions wrapped in
@@ -83,18 +97,21 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	done := make(chan struct{})
 	b.mu.Lock()
-	b.done = make(chan struct{})
+	b.done = done
 	b.mu.Unlock()
-	wrapped := make([]conn.ReceiveFunc, len(fns))
+	wrapped := make([]conn.ReceiveFunc, len(fns), len(fns)+1)
 	for i, fn := range fns {
 		wrapped[i] = b.receiveFunc(fn)
 	}
-	return wrapped, actual, nil
+	return append(wrapped, b.relayReceive(done)), actual, nil
 }
 
-// Close fails every outstanding Reflexive query and closes the wrapped Bind.
+// Close fails every outstanding query, releases the relay allocation (it is
+// tied to the socket's port) and closes the wrapped Bind.
 func (b *Bind) Close() error {
+	b.Release()
 	b.mu.Lock()
 	if b.done != nil {
 		close(b.done)
@@ -109,11 +126,26 @@ func (b *Bind) Close() error {
 // SetMark sets the socket mark on the wrapped Bind.
 func (b *Bind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
 
-// Send sends WireGuard packets through the wrapped Bind.
-func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error { return b.inner.Send(bufs, ep) }
+// Send sends WireGuard packets through the wrapped Bind, or through the
+// relay allocation to a [RelayEndpoint].
+func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if e, ok := ep.(*RelayEndpoint); ok {
+		return b.sendRelay(bufs, e)
+	}
+	return b.inner.Send(bufs, ep)
+}
 
-// ParseEndpoint parses an endpoint of the wrapped Bind.
-func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) { return b.inner.ParseEndpoint(s) }
+// ParseEndpoint parses an endpoint of the wrapped Bind, or a relayed one
+// ("relay/ADDR:PORT", as [RelayEndpoint.DstToString] prints it).
+func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
+	if ap, relayed := IsRelayed(s); relayed {
+		if !ap.IsValid() {
+			return nil, fmt.Errorf("invalid relayed endpoint %q", s)
+		}
+		return b.relayEndpoint(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())), nil
+	}
+	return b.inner.ParseEndpoint(s)
+}
 
 // BatchSize is the wrapped Bind's batch size.
 func (b *Bind) BatchSize() int { return b.inner.BatchSize() }
@@ -127,63 +159,92 @@ func (b *Bind) BatchSize() int { return b.inner.BatchSize() }
 // Only a response carrying this query's random transaction ID and coming
 // from server is accepted; anything else goes to WireGuard, which drops it.
 func (b *Bind) Reflexive(ctx context.Context, server netip.AddrPort) (netip.AddrPort, error) {
+	var mapped netip.AddrPort
+	err := b.transact(ctx, server, reflexiveSchedule, func(id [stunTxIDSize]byte) ([]byte, error) {
+		req, err := stun.Build(stun.NewTransactionIDSetter(id), stun.BindingRequest)
+		if err != nil {
+			return nil, err
+		}
+		return req.Raw, nil
+	}, func(raw []byte) error {
+		var err error
+		mapped, err = parseBindingResponse(raw)
+		return err
+	})
+	return mapped, err
+}
+
+// schedule is a retransmission schedule: the first wait, its cap and the
+// number of sends before giving up.
+type schedule struct {
+	rto, max time.Duration
+	sends    int
+}
+
+// reflexiveSchedule follows RFC 8489 §6.2.1, with a shorter cap.
+var reflexiveSchedule = schedule{rto: rtoInitial, max: rtoMax, sends: maxSends}
+
+// transact runs one STUN transaction with server: build makes the request
+// for the transaction ID, accept judges each response from server carrying
+// that ID. A response accept rejects with errMalformed is ignored (the
+// transaction keeps waiting); any other error ends it.
+func (b *Bind) transact(ctx context.Context, server netip.AddrPort, sch schedule, build func([stunTxIDSize]byte) ([]byte, error), accept func([]byte) error) error {
 	server = netip.AddrPortFrom(server.Addr().Unmap(), server.Port())
 	if !server.IsValid() || server.Port() == 0 {
-		return netip.AddrPort{}, fmt.Errorf("stun %s: invalid server address", server)
+		return fmt.Errorf("stun %s: invalid address", server)
 	}
 	ep, err := b.inner.ParseEndpoint(server.String())
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("stun %s: %w", server, err)
+		return fmt.Errorf("stun %s: %w", server, err)
 	}
 	id, t, err := b.register(server)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("stun %s: %w", server, err)
+		return fmt.Errorf("stun %s: %w", server, err)
 	}
 	defer b.unregister(id)
-
-	req, err := stun.Build(stun.NewTransactionIDSetter(id), stun.BindingRequest)
+	req, err := build(id)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("stun %s: build request: %w", server, err)
+		return fmt.Errorf("stun %s: build request: %w", server, err)
 	}
-	bufs := [][]byte{req.Raw}
+	bufs := [][]byte{req}
 
-	timer := time.NewTimer(rtoInitial)
+	timer := time.NewTimer(sch.rto)
 	defer timer.Stop()
-	rto := rtoInitial
+	rto := sch.rto
 	for sends := 1; ; sends++ {
 		if err := b.inner.Send(bufs, ep); err != nil {
 			select {
 			case <-t.done:
-				return netip.AddrPort{}, fmt.Errorf("stun %s: %w", server, net.ErrClosed)
+				return fmt.Errorf("stun %s: %w", server, net.ErrClosed)
 			default:
 			}
-			return netip.AddrPort{}, fmt.Errorf("stun %s: send: %w", server, err)
+			return fmt.Errorf("stun %s: send: %w", server, err)
 		}
 		timer.Reset(rto)
 	wait:
 		for {
 			select {
 			case <-ctx.Done():
-				return netip.AddrPort{}, fmt.Errorf("stun %s: %w", server, ctx.Err())
+				return fmt.Errorf("stun %s: %w", server, ctx.Err())
 			case <-t.done:
-				return netip.AddrPort{}, fmt.Errorf("stun %s: %w", server, net.ErrClosed)
+				return fmt.Errorf("stun %s: %w", server, net.ErrClosed)
 			case raw := <-t.resp:
-				addr, err := parseBindingResponse(raw)
+				err := accept(raw)
 				if errors.Is(err, errMalformed) {
 					continue // keep waiting for a well-formed answer
 				}
 				if err != nil {
-					return netip.AddrPort{}, fmt.Errorf("stun %s: %w", server, err)
+					return fmt.Errorf("stun %s: %w", server, err)
 				}
-				return addr, nil
+				return nil
 			case <-timer.C:
 				break wait
 			}
 		}
-		if sends == maxSends {
-			return netip.AddrPort{}, fmt.Errorf("stun %s: %w after %d requests", server, ErrNoResponse, sends)
+		if sends == sch.sends {
+			return fmt.Errorf("stun %s: %w after %d requests", server, ErrNoResponse, sends)
 		}
-		rto = min(2*rto, rtoMax)
+		rto = min(2*rto, sch.max)
 	}
 }
 
@@ -224,7 +285,7 @@ func (b *Bind) receiveFunc(fn conn.ReceiveFunc) conn.ReceiveFunc {
 	return func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 		for {
 			n, err := fn(packets, sizes, eps)
-			if n > 0 && b.npending.Load() != 0 {
+			if n > 0 {
 				n = b.filter(packets, sizes, eps, n)
 			}
 			if n > 0 || err != nil {
@@ -234,12 +295,14 @@ func (b *Bind) receiveFunc(fn conn.ReceiveFunc) conn.ReceiveFunc {
 	}
 }
 
-// filter removes the packets consumed as STUN responses from the first n
-// elements of the batch, compacting it in place, and returns the new count.
+// filter removes the packets that are not for WireGuard from the first n
+// elements of the batch — STUN responses to our transactions, connectivity
+// checks, and TURN traffic from the relay server — compacting the batch in
+// place, and returns the new count.
 func (b *Bind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, n int) int {
 	w := 0
 	for r := range n {
-		if sizes[r] > 0 && b.consume(packets[r][:sizes[r]], eps[r]) {
+		if sizes[r] > 0 && b.intercept(packets[r][:sizes[r]], eps[r]) {
 			continue
 		}
 		if w != r {
@@ -252,6 +315,24 @@ func (b *Bind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, n int)
 		w++
 	}
 	return w
+}
+
+// intercept reports whether pkt was taken out of WireGuard's way. The usual
+// WireGuard data packet costs two byte comparisons.
+func (b *Bind) intercept(pkt []byte, ep conn.Endpoint) bool {
+	if pkt[0] == wgTransport || ep == nil {
+		return false
+	}
+	if isSTUN(pkt) {
+		if stunType(pkt) == stunBindingRequest {
+			return b.answer(pkt, endpointAddr(ep), false, b.replyDirect(ep))
+		}
+		if b.npending.Load() != 0 && b.consume(pkt, ep) {
+			return true
+		}
+		return b.fromRelay(pkt, endpointAddr(ep))
+	}
+	return isChannelData(pkt) && b.fromRelay(pkt, endpointAddr(ep))
 }
 
 // consume hands pkt to its transaction and reports true if pkt is a Binding
