@@ -19,7 +19,9 @@
 //
 // What does not live here: Keyhole's own components. A lab only provides the
 // network; tests run the controller, relay, gateway and client in it, either
-// in-process with [Lab.Run] or as commands with [Lab.Exec].
+// in-process with [Lab.Run] or as commands with [Lab.Exec]. The one
+// foreign component a lab runs for them is coturn, as an external TURN relay
+// on an internet host ([Lab.StartCoturn]).
 //
 // The package is Linux-only; on other systems it holds only this comment.
 package lab
