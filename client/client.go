@@ -28,9 +28,13 @@ type Config struct {
 	// NoRenew turns grant renewal off (grants then end at their NotAfter).
 	NoRenew bool
 	// MTU of the tunnel (0: 1420).
-	MTU    int
-	Logger *slog.Logger
-	Now    func() time.Time
+	MTU int
+	// HostAddrs are the local addresses advertised as host candidates,
+	// with the WireGuard port (default: the interfaces' IPv4 addresses,
+	// loopback excluded).
+	HostAddrs []netip.Addr
+	Logger    *slog.Logger
+	Now       func() time.Time
 }
 
 // Client holds the tunnel and the grants of one logged-in device. Create
@@ -43,11 +47,14 @@ type Client struct {
 	net  *wg.Net
 	sf   singleflight.Group
 
-	mu       sync.Mutex // guards grants, byDest, peers, idle
+	mu       sync.Mutex // guards grants, byDest, peers, idle, paths, srflx, stun
 	grants   map[api.GrantID]*liveGrant
 	byDest   map[string]*liveGrant // request string ("wiki", "wiki.corp.internal") → grant
 	peers    map[api.GatewayID]api.Peer
 	idle     map[api.GatewayID]time.Time // peers with no grant left, since when
+	paths    map[api.GatewayID]*path
+	srflx    netip.AddrPort // our public address, as the STUN server saw it
+	stun     netip.AddrPort // STUN server from the latest grant
 	renewNow chan struct{}
 }
 
@@ -92,6 +99,7 @@ func New(cfg Config) (*Client, error) {
 		byDest:   make(map[string]*liveGrant),
 		peers:    make(map[api.GatewayID]api.Peer),
 		idle:     make(map[api.GatewayID]time.Time),
+		paths:    make(map[api.GatewayID]*path),
 		renewNow: make(chan struct{}, 1),
 	}, nil
 }
@@ -103,12 +111,19 @@ func (c *Client) Profile() Profile { return *c.sess.profile }
 // until ctx is done; then it releases its grants and closes the tunnel.
 func (c *Client) Run(ctx context.Context) error {
 	defer c.net.Close()
+	c.net.Bind().SetChecks(c.checkConfig())
+	pathCtx, stopPaths := context.WithCancel(ctx)
+	pathsDone := make(chan struct{})
+	go func() { defer close(pathsDone); c.pathLoop(pathCtx) }()
+	defer func() { stopPaths(); <-pathsDone }()
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	lastStatus := time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
+			stopPaths()
+			<-pathsDone
 			c.releaseAll()
 			_ = os.Remove(filepath.Join(c.cfg.DataDir, fileStatus))
 			return nil
@@ -136,8 +151,15 @@ func (c *Client) Grant(ctx context.Context, dest, proto string, port uint16) (ap
 	}
 	c.mu.Unlock()
 	v, err, _ := c.sf.Do(dest+"/"+proto+"/"+strconv.Itoa(int(port)), func() (any, error) {
+		c.mu.Lock()
+		known := c.srflx.IsValid()
+		c.mu.Unlock()
+		if !known {
+			c.learnReflexive(ctx)
+		}
 		var resp api.GrantResponse
-		err := c.sess.api.Do(ctx, "POST", "/v1/grants", api.GrantRequest{App: dest, Proto: proto, Port: port}, &resp)
+		req := api.GrantRequest{App: dest, Proto: proto, Port: port, Candidates: apiCandidates(c.candidates())}
+		err := c.sess.api.Do(ctx, "POST", "/v1/grants", req, &resp)
 		if err != nil {
 			var ae *api.Error
 			if errors.As(err, &ae) && ae.Code == api.CodeDenied {
@@ -147,6 +169,9 @@ func (c *Client) Grant(ctx context.Context, dest, proto string, port uint16) (ap
 		}
 		if err := c.install(resp); err != nil {
 			return nil, err
+		}
+		if err := c.connectPeer(ctx, resp.Peer.GatewayID); err != nil {
+			return nil, fmt.Errorf("grant for %s: %w", dest, err)
 		}
 		c.mu.Lock()
 		lg := c.grants[resp.Grant.ID]
@@ -165,10 +190,13 @@ func (c *Client) Grant(ctx context.Context, dest, proto string, port uint16) (ap
 // install records a grant (new or renewed) and configures the gateway's
 // peer with the union of AllowedIPs of all live grants through it.
 func (c *Client) install(resp api.GrantResponse) error {
-	if len(resp.Peer.Endpoints) == 0 {
-		return fmt.Errorf("grant %s: gateway %s has no endpoint", resp.Grant.ID, resp.Peer.GatewayID)
+	if len(resp.Peer.Endpoints) == 0 && len(resp.Peer.Candidates) == 0 {
+		return fmt.Errorf("grant %s: gateway %s has no address", resp.Grant.ID, resp.Peer.GatewayID)
 	}
 	c.mu.Lock()
+	if resp.STUN.IsValid() {
+		c.stun = resp.STUN
+	}
 	lg := c.grants[resp.Grant.ID]
 	if lg == nil {
 		lg = &liveGrant{conns: make(map[*usedConn]struct{})}
@@ -177,6 +205,13 @@ func (c *Client) install(resp api.GrantResponse) error {
 	lg.resp = resp
 	c.peers[resp.Peer.GatewayID] = resp.Peer
 	delete(c.idle, resp.Peer.GatewayID)
+	if c.paths[resp.Peer.GatewayID] == nil {
+		// No path yet: connectPeer configures the peer once it has one.
+		// A peer without an endpoint would try its first handshake now,
+		// fail, and hold the next one back for 5 s.
+		c.mu.Unlock()
+		return nil
+	}
 	peer := c.peerLocked(resp.Peer.GatewayID)
 	c.mu.Unlock()
 	return c.net.UpsertPeer(peer)
@@ -195,9 +230,13 @@ func (c *Client) peerLocked(gw api.GatewayID) wg.Peer {
 			}
 		}
 	}
+	var ep netip.AddrPort // zero: keep what WireGuard has
+	if pa := c.paths[gw]; pa != nil {
+		ep = pa.cand.Addr
+	}
 	return wg.Peer{
 		PublicKey:           p.PublicKey,
-		Endpoint:            p.Endpoints[0],
+		Endpoint:            ep,
 		AllowedIPs:          allowed,
 		PersistentKeepalive: 25 * time.Second,
 	}
@@ -256,6 +295,7 @@ func (c *Client) reapIdlePeers() {
 			gone = append(gone, c.peers[gw])
 			delete(c.idle, gw)
 			delete(c.peers, gw)
+			delete(c.paths, gw)
 		}
 	}
 	c.mu.Unlock()
@@ -484,8 +524,10 @@ type Status struct {
 
 // PeerStatus is one gateway peer as WireGuard sees it.
 type PeerStatus struct {
-	GatewayID     api.GatewayID  `json:"gateway_id"`
-	PublicKey     string         `json:"public_key"`
+	GatewayID api.GatewayID `json:"gateway_id"`
+	PublicKey string        `json:"public_key"`
+	// Path is api.PathDirect or api.PathRelayed (through the relay).
+	Path          string         `json:"path,omitempty"`
 	Endpoint      string         `json:"endpoint"`
 	AllowedIPs    []netip.Prefix `json:"allowed_ips"`
 	LastHandshake time.Time      `json:"last_handshake,omitzero"`
@@ -501,14 +543,19 @@ func (c *Client) Status() Status {
 		st.Grants = append(st.Grants, lg.resp.Grant)
 	}
 	gwByKey := make(map[string]api.GatewayID)
+	pathOf := make(map[api.GatewayID]string)
 	for id, p := range c.peers {
 		gwByKey[p.PublicKey.String()] = id
+		if pa := c.paths[id]; pa != nil {
+			pathOf[id] = pa.name()
+		}
 	}
 	c.mu.Unlock()
 	if ps, err := c.net.Peers(); err == nil {
 		for _, p := range ps {
+			gw := gwByKey[p.PublicKey.String()]
 			st.Peers = append(st.Peers, PeerStatus{
-				GatewayID: gwByKey[p.PublicKey.String()], PublicKey: p.PublicKey.String(), Endpoint: p.Endpoint.String(),
+				GatewayID: gw, PublicKey: p.PublicKey.String(), Path: pathOf[gw], Endpoint: p.Endpoint.String(),
 				AllowedIPs: p.AllowedIPs, LastHandshake: p.LastHandshake, RxBytes: p.RxBytes, TxBytes: p.TxBytes,
 			})
 		}

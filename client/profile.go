@@ -33,6 +33,8 @@ type Profile struct {
 	DeviceID         api.DeviceID `json:"device_id"`
 	OverlayIP        netip.Addr   `json:"overlay_ip"`
 	SessionExpiresAt time.Time    `json:"session_expires_at"`
+	// STUN is the controller's STUN server (zero: none).
+	STUN netip.AddrPort `json:"stun,omitzero"`
 }
 
 const (
@@ -122,7 +124,7 @@ func Login(ctx context.Context, cfg LoginConfig) (*Profile, error) {
 	if err := trust.WriteSecret(filepath.Join(cfg.DataDir, fileSession), []byte(resp.Session+"\n")); err != nil {
 		return nil, fmt.Errorf("login: %w", err)
 	}
-	p := &Profile{ControllerURL: cfg.ControllerURL, User: resp.User, DeviceID: resp.DeviceID, OverlayIP: resp.OverlayIP, SessionExpiresAt: resp.SessionExpiresAt}
+	p := &Profile{ControllerURL: cfg.ControllerURL, User: resp.User, DeviceID: resp.DeviceID, OverlayIP: resp.OverlayIP, SessionExpiresAt: resp.SessionExpiresAt, STUN: resp.STUN}
 	b, _ := json.MarshalIndent(p, "", "  ")
 	if err := trust.WriteSecret(filepath.Join(cfg.DataDir, fileProfile), b); err != nil {
 		return nil, fmt.Errorf("login: %w", err)

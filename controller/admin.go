@@ -327,6 +327,10 @@ func (c *Controller) handleGatewayList(w http.ResponseWriter, r *http.Request, _
 	}
 	for i := range gs {
 		gs[i].Connected = c.hub.connected(gs[i].ID)
+		if gs[i].Connected {
+			live := c.hub.liveInfo(gs[i].ID)
+			gs[i].Candidates, gs[i].Peers = live.candidates, live.peers
+		}
 	}
 	writeJSON(w, http.StatusOK, gs)
 	return nil

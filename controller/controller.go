@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -26,6 +27,7 @@ import (
 	"github.com/keyhole-net/keyhole/controller/ca"
 	"github.com/keyhole-net/keyhole/controller/store"
 	"github.com/keyhole-net/keyhole/controller/store/sqlite"
+	"github.com/keyhole-net/keyhole/internal/relay"
 	"github.com/keyhole-net/keyhole/internal/trust"
 )
 
@@ -59,6 +61,20 @@ type Config struct {
 	SessionLifetime time.Duration
 	// AckTimeout bounds the wait for a gateway to apply a pushed grant.
 	AckTimeout time.Duration
+	// RelayListen is the UDP address of the embedded TURN relay, which is
+	// also the STUN server (default: Listen's host, port 3478; RelayOff
+	// runs none, for an external relay such as coturn).
+	RelayListen string
+	// RelayAddr is the relay address handed to gateways and clients
+	// (default: the embedded relay's). Set it for an external relay, or
+	// when the embedded one listens on all addresses.
+	RelayAddr netip.AddrPort
+	// RelaySecret is the relay's TURN REST shared secret (coturn's
+	// static-auth-secret); default: DATA/relay.secret, made on first start.
+	RelaySecret []byte
+	// RelayListenUDP, if set, opens the embedded relay's sockets (a test
+	// running the controller inside a network namespace opens them there).
+	RelayListenUDP func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
 	// Password holds argon2id parameters (zero: auth defaults).
 	Password auth.Params
 	// Logger receives logs (nil: discard).
@@ -83,7 +99,11 @@ type Controller struct {
 	catalogMu sync.Mutex
 
 	firstAdminToken auth.Token // set only on the first start
-	closeOnce       sync.Once
+
+	relaySecret []byte
+	relay       *relay.Server // embedded relay; nil when off
+	relayAddr   netip.AddrPort
+	closeOnce   sync.Once
 
 	mu       sync.Mutex // guards listener
 	listener net.Listener
@@ -130,6 +150,9 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	c := &Controller{cfg: cfg, log: cfg.Logger, now: func() time.Time { return cfg.Now().UTC() }}
 	var created bool
 	var err error
+	if c.relaySecret, err = loadRelaySecret(cfg); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
 	c.ca, created, err = ca.LoadOrCreate(ca.Config{Dir: cfg.DataDir, Names: cfg.Names, Now: c.now})
 	if err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
@@ -210,6 +233,10 @@ func (c *Controller) Listen() (net.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("controller: listen: %w", err)
 	}
+	if err := c.startRelay(l.Addr()); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("controller: %w", err)
+	}
 	c.listener = l
 	return l.Addr(), nil
 }
@@ -234,7 +261,18 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(tls.NewListener(l, srv.TLSConfig)) }()
-	c.log.Info("controller listening", "addr", l.Addr().String(), "ca_fingerprint", c.Fingerprint())
+	relayDone := make(chan struct{})
+	relayCtx, stopRelay := context.WithCancel(ctx)
+	defer func() { stopRelay(); <-relayDone }()
+	go func() {
+		defer close(relayDone)
+		if c.relay != nil {
+			if err := c.relay.Serve(relayCtx); err != nil {
+				c.log.Error("relay stopped", "err", err)
+			}
+		}
+	}()
+	c.log.Info("controller listening", "addr", l.Addr().String(), "relay", c.relayAddr, "ca_fingerprint", c.Fingerprint())
 	select {
 	case err := <-errc:
 		return fmt.Errorf("controller: serve: %w", err)
@@ -254,6 +292,9 @@ func (c *Controller) Run(ctx context.Context) error {
 func (c *Controller) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		if c.relay != nil {
+			c.relay.Close()
+		}
 		if c.ownsDB && c.store != nil {
 			err = c.store.Close()
 		}
@@ -312,6 +353,7 @@ func (c *Controller) routes() http.Handler {
 	h("GET /v1/gateway/stream", c.gateway(c.handleGatewayStream))
 	h("POST /v1/gateway/ack", c.gateway(c.handleGatewayAck))
 	h("POST /v1/gateway/flows", c.gateway(c.handleGatewayFlows))
+	h("POST /v1/gateway/peers", c.gateway(c.handleGatewayPeers))
 
 	// Everything else: a JSON 404/405 rather than net/http's plain text.
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

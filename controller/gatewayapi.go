@@ -120,13 +120,50 @@ func (c *Controller) handleGatewayHello(w http.ResponseWriter, r *http.Request, 
 			return badRequest("endpoint %v is not a valid address:port", ep)
 		}
 	}
+	if err := validCandidates(req.Candidates); err != nil {
+		return err
+	}
+	resp := api.GatewayHelloResponse{STUN: c.relayAddr}
+	var err error
+	if resp.Relay, err = c.gatewayRelay(g.gateway.ID); err != nil {
+		return err
+	}
 	now := c.now()
 	if err := c.store.UpdateGatewayStatus(r.Context(), g.gateway.ID, req.WGPublicKey, req.Endpoints, now); err != nil {
 		return err
 	}
 	g.gateway.WGPublicKey, g.gateway.Endpoints, g.gateway.LastSeen = req.WGPublicKey, req.Endpoints, now
 	c.hub.updateInfo(g.gateway)
-	writeJSON(w, http.StatusOK, struct{}{})
+	c.hub.setCandidates(g.gateway.ID, req.Candidates)
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+// maxPeerReports bounds one peer report (and keeps it under the body cap).
+const maxPeerReports = 200
+
+// handleGatewayPeers takes a gateway's per-peer path report
+// (POST /v1/gateway/peers), kept in memory for admins.
+func (c *Controller) handleGatewayPeers(w http.ResponseWriter, r *http.Request, g gatewayCaller) error {
+	var req api.PeerReports
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if len(req.Peers) > maxPeerReports {
+		return badRequest("at most %d peers per report", maxPeerReports)
+	}
+	for _, p := range req.Peers {
+		if p.PublicKey.IsZero() {
+			return badRequest("peer without public_key")
+		}
+		if p.Path != "" && p.Path != api.PathDirect && p.Path != api.PathRelayed {
+			return badRequest("peer path %q: want direct or relayed", p.Path)
+		}
+	}
+	if !c.hub.setPeers(g.gateway.ID, req.Peers) {
+		return errf(http.StatusConflict, api.CodeConflict, "open the control stream before reporting peers")
+	}
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
@@ -145,7 +182,7 @@ func (c *Controller) handleGatewayStream(w http.ResponseWriter, r *http.Request,
 	}
 	sync := api.StreamEvent{Seq: 1, Type: api.EventSync, Time: c.now(), Grants: make([]api.GatewayGrant, 0, len(live))}
 	for _, gr := range live {
-		sync.Grants = append(sync.Grants, gatewayGrant(gr))
+		sync.Grants = append(sync.Grants, c.gatewayGrant(gr))
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set(api.HeaderStreamID, s.id)

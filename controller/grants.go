@@ -61,7 +61,10 @@ func (c *Controller) handleGrantRequest(w http.ResponseWriter, r *http.Request, 
 		e.body.Rule = dec.Rule
 		return e
 	}
-	resp, err := c.issue(r.Context(), d, app, dec, base)
+	if err := validCandidates(req.Candidates); err != nil {
+		return err
+	}
+	resp, err := c.issue(r.Context(), d, app, dec, base, req.Candidates)
 	if err != nil {
 		return err
 	}
@@ -74,7 +77,7 @@ func (c *Controller) handleGrantRequest(w http.ResponseWriter, r *http.Request, 
 // through a connected gateway, extends) a grant, pushes it to the gateway and
 // waits for the gateway's ack before answering: the client's first handshake
 // must find the gateway ready.
-func (c *Controller) issue(ctx context.Context, d deviceCaller, app store.App, dec policy.Decision, ev api.AuditEvent) (api.GrantResponse, error) {
+func (c *Controller) issue(ctx context.Context, d deviceCaller, app store.App, dec policy.Decision, ev api.AuditEvent, cands []api.Candidate) (api.GrantResponse, error) {
 	now := c.now()
 	live, err := c.store.LiveGrantsFor(ctx, now, d.device.ID, app.ID)
 	if err != nil {
@@ -82,7 +85,7 @@ func (c *Controller) issue(ctx context.Context, d deviceCaller, app store.App, d
 	}
 	for _, g := range live {
 		if c.hub.connected(g.GatewayID) {
-			return c.extend(ctx, g, dec, ev)
+			return c.extend(ctx, g, dec, ev, cands)
 		}
 	}
 	gw, ok := c.hub.pick(app.GatewayGroup)
@@ -111,7 +114,7 @@ func (c *Controller) issue(ctx context.Context, d deviceCaller, app store.App, d
 	if err := c.store.CreateGrant(ctx, g, ev); err != nil {
 		return api.GrantResponse{}, fmt.Errorf("create grant: %w", err)
 	}
-	if err := c.pushGrant(ctx, g); err != nil {
+	if err := c.pushGrant(ctx, g, cands); err != nil {
 		c.log.Warn("gateway did not take grant; revoking it", "grant_id", g.ID, "gateway_id", gw.ID, "err", err)
 		_, _ = c.revoke(context.WithoutCancel(ctx), []api.GrantID{g.ID}, "gateway did not acknowledge the grant", "controller")
 		return api.GrantResponse{}, errf(http.StatusBadGateway, api.CodeGatewayError,
@@ -123,7 +126,7 @@ func (c *Controller) issue(ctx context.Context, d deviceCaller, app store.App, d
 }
 
 // extend gives a live grant a new NotAfter and pushes the update.
-func (c *Controller) extend(ctx context.Context, g store.Grant, dec policy.Decision, ev api.AuditEvent) (api.GrantResponse, error) {
+func (c *Controller) extend(ctx context.Context, g store.Grant, dec policy.Decision, ev api.AuditEvent, cands []api.Candidate) (api.GrantResponse, error) {
 	now := c.now()
 	g.NotAfter = now.Add(c.cfg.GrantLifetime)
 	g.Rule = dec.Rule
@@ -134,7 +137,7 @@ func (c *Controller) extend(ctx context.Context, g store.Grant, dec policy.Decis
 		}
 		return api.GrantResponse{}, fmt.Errorf("renew grant: %w", err)
 	}
-	if err := c.pushGrant(ctx, g); err != nil {
+	if err := c.pushGrant(ctx, g, cands); err != nil {
 		// The gateway still holds the old expiry; the client may retry.
 		return api.GrantResponse{}, errf(http.StatusBadGateway, api.CodeGatewayError, "gateway %s did not take the renewal in time; try again", g.GatewayID)
 	}
@@ -149,18 +152,23 @@ func (c *Controller) extend(ctx context.Context, g store.Grant, dec policy.Decis
 	return c.grantResponse(g, info), nil
 }
 
-func (c *Controller) pushGrant(ctx context.Context, g store.Grant) error {
+// pushGrant sends g to its gateway, with the client's candidates to punch
+// towards (if any), and waits for the ack.
+func (c *Controller) pushGrant(ctx context.Context, g store.Grant, cands []api.Candidate) error {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.AckTimeout)
 	defer cancel()
+	gg := c.gatewayGrant(g)
+	gg.ClientCandidates = cands
 	return c.hub.push(ctx, g.GatewayID, api.StreamEvent{
-		Type: api.EventGrant, Time: c.now(), Grants: []api.GatewayGrant{gatewayGrant(g)},
+		Type: api.EventGrant, Time: c.now(), Grants: []api.GatewayGrant{gg},
 	})
 }
 
-func gatewayGrant(g store.Grant) api.GatewayGrant {
+func (c *Controller) gatewayGrant(g store.Grant) api.GatewayGrant {
 	return api.GatewayGrant{
 		ID: g.ID, DeviceID: g.DeviceID, User: g.User, App: g.App, ClientIP: g.ClientIP,
 		ClientWGKey: g.ClientWGKey, Targets: g.Targets, Ports: g.Ports, NotAfter: g.NotAfter,
+		CheckKey: c.checkKey(g.ID),
 	}
 }
 
@@ -174,8 +182,10 @@ func (c *Controller) grantResponse(g store.Grant, gw store.Gateway) api.GrantRes
 		Grant: g.Grant,
 		Peer: api.Peer{
 			GatewayID: gw.ID, PublicKey: gw.WGPublicKey, Endpoints: gw.Endpoints, AllowedIPs: allowed,
+			Candidates: c.hub.liveInfo(gw.ID).candidates, CheckKey: c.checkKey(g.ID),
 		},
 		RenewAfter: c.now().Add(time.Duration(float64(life) * renewFraction)),
+		STUN:       c.relayAddr,
 	}
 }
 
@@ -210,7 +220,7 @@ func (c *Controller) handleGrantRenew(w http.ResponseWriter, r *http.Request, d 
 		e.body.Rule = dec.Rule
 		return e
 	}
-	resp, err := c.extend(r.Context(), g, dec, ev)
+	resp, err := c.extend(r.Context(), g, dec, ev, nil)
 	if err != nil {
 		return err
 	}

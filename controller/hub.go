@@ -26,8 +26,11 @@ type streamHub struct {
 	log     *slog.Logger
 	metrics *metrics
 
-	mu      sync.Mutex // guards streams
+	mu      sync.Mutex // guards streams, live
 	streams map[api.GatewayID]*gwStream
+	// live is what each gateway last reported: candidates (hello, which
+	// comes before its stream) and per-peer paths (peer reports).
+	live map[api.GatewayID]gwLive
 }
 
 // gwStream is one gateway's control stream. The handler goroutine serving
@@ -46,8 +49,14 @@ type gwStream struct {
 	closed  bool
 }
 
+// gwLive is a connected gateway's self-reported, in-memory state.
+type gwLive struct {
+	candidates []api.Candidate
+	peers      []api.PeerReport
+}
+
 func newStreamHub(log *slog.Logger, m *metrics) *streamHub {
-	return &streamHub{log: log, metrics: m, streams: make(map[api.GatewayID]*gwStream)}
+	return &streamHub{log: log, metrics: m, streams: make(map[api.GatewayID]*gwStream), live: make(map[api.GatewayID]gwLive)}
 }
 
 // open registers a new stream for gw, closing any older one. Sequence 1 is
@@ -114,6 +123,35 @@ func (h *streamHub) info(gw api.GatewayID) (store.Gateway, bool) {
 		return s.info, true
 	}
 	return store.Gateway{}, false
+}
+
+// liveInfo returns a connected gateway's reported candidates and peers.
+func (h *streamHub) liveInfo(gw api.GatewayID) gwLive {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.live[gw]
+}
+
+// setCandidates records a connected gateway's candidates (after a hello).
+func (h *streamHub) setCandidates(gw api.GatewayID, cs []api.Candidate) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.live[gw]
+	l.candidates = cs
+	h.live[gw] = l
+}
+
+// setPeers records a connected gateway's peer report.
+func (h *streamHub) setPeers(gw api.GatewayID, ps []api.PeerReport) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.streams[gw] == nil {
+		return false
+	}
+	l := h.live[gw]
+	l.peers = ps
+	h.live[gw] = l
+	return true
 }
 
 // connected reports whether gw holds a stream.

@@ -128,7 +128,7 @@ func (c *Controller) handleLogin(w http.ResponseWriter, r *http.Request) error {
 	c.log.Info("login", "user", u.Name, "device_id", dev.ID, "source", remoteAddr(r))
 	writeJSON(w, http.StatusOK, api.LoginResponse{
 		DeviceID: dev.ID, User: u.Name, Session: tok.Reveal(), SessionExpiresAt: sess.ExpiresAt,
-		Certificate: trust.CertPEM(cert.Raw), OverlayIP: dev.OverlayIP,
+		Certificate: trust.CertPEM(cert.Raw), OverlayIP: dev.OverlayIP, STUN: c.relayAddr,
 	})
 	return nil
 }

@@ -77,6 +77,19 @@ func (g *Gateway) endpoints() []netip.AddrPort {
 		return g.cfg.Endpoints
 	}
 	port := g.net.Port()
+	hosts := g.cfg.HostAddrs
+	if stun := g.stunServer(); len(hosts) == 0 && stun.Addr().IsLoopback() {
+		// Everything runs on this machine (a demo or a test): other
+		// addresses would only leak traffic off loopback.
+		hosts = []netip.Addr{stun.Addr()}
+	}
+	if len(hosts) > 0 {
+		eps := make([]netip.AddrPort, 0, len(hosts))
+		for _, a := range hosts {
+			eps = append(eps, netip.AddrPortFrom(a, port))
+		}
+		return eps
+	}
 	eps := []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)}
 	addrs, _ := net.InterfaceAddrs()
 	for _, a := range addrs {
@@ -92,8 +105,7 @@ func (g *Gateway) endpoints() []netip.AddrPort {
 
 // runStream says hello, opens the stream and applies events until it ends.
 func (g *Gateway) runStream(ctx context.Context) error {
-	hello := api.GatewayHello{WGPublicKey: g.wgKey.Public(), Endpoints: g.endpoints(), Version: "keyhole/1"}
-	if err := g.api.Do(ctx, "POST", "/v1/gateway/hello", hello, nil); err != nil {
+	if err := g.hello(ctx); err != nil {
 		return fmt.Errorf("hello: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -161,7 +173,13 @@ func (g *Gateway) apply(ev api.StreamEvent) error {
 		return err
 	}
 	g.metrics.grants.Set(float64(g.table.Len()))
-	return g.applyPeers(changes)
+	if err := g.applyPeers(changes); err != nil {
+		return err
+	}
+	if ev.Type == api.EventGrant && g.runCtx != nil {
+		g.onGrants(g.runCtx, &g.bg, ev.Grants)
+	}
+	return nil
 }
 
 // applyEvent applies one stream event to table and returns the WireGuard

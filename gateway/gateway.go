@@ -43,6 +43,10 @@ type Config struct {
 	// Endpoints are the addresses clients should send WireGuard to; empty
 	// means the loopback and interface addresses with ListenPort.
 	Endpoints []netip.AddrPort
+	// HostAddrs are the local addresses advertised as host candidates,
+	// with the WireGuard port (default: the interfaces' IPv4 addresses,
+	// loopback excluded).
+	HostAddrs []netip.Addr
 	// MTU of the tunnel (0: 1420).
 	MTU int
 	// DialTimeout bounds dialling an app (default 5s).
@@ -105,6 +109,12 @@ type Gateway struct {
 	api   *apiclient.Client
 	net   *wg.Net
 
+	trav *traversal
+	// runCtx and bg own the short-lived goroutines started from callbacks
+	// (punch rounds); Run waits for bg before it returns.
+	runCtx context.Context
+	bg     sync.WaitGroup
+
 	mu           sync.Mutex // guards connected, peerRemovals
 	connected    bool
 	peerRemovals map[key.WGPublic]time.Time
@@ -152,6 +162,7 @@ func New(cfg Config) (*Gateway, error) {
 		metrics: newMetrics(),
 		flows:   newFlowQueue(10000),
 		ready:   make(chan struct{}),
+		trav:    newTraversal(),
 
 		peerRemovals: make(map[key.WGPublic]time.Time),
 	}
@@ -188,11 +199,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 	n.SetTCPHandler(func(r *wg.TCPRequest) { g.handleTCP(ctx, r) })
 	n.SetUDPHandler(func(r *wg.UDPRequest) { g.handleUDP(ctx, r) })
 	n.SetRefuseHook(func(src, dst netip.AddrPort) { g.refuse("tcp", src, dst, ErrDestination) })
+	g.runCtx = ctx
+	n.Bind().SetChecks(g.checkConfig(ctx, &g.bg))
+	defer g.bg.Wait()
 	g.log.Info("gateway up", "gateway_id", g.st.GatewayID, "group", g.st.Group, "wireguard_port", n.Port(), "overlay_ip", g.st.OverlayIP)
 	g.readyOnce.Do(func() { close(g.ready) })
 
 	var wgr sync.WaitGroup
-	for _, loop := range []func(context.Context){g.controlLoop, g.expiryLoop, g.flowLoop, g.certLoop} {
+	for _, loop := range []func(context.Context){g.controlLoop, g.expiryLoop, g.flowLoop, g.certLoop, g.pathLoop, g.peerReportLoop} {
 		wgr.Add(1)
 		go func() {
 			defer wgr.Done()

@@ -81,6 +81,9 @@ func (t *GrantTable) upsertLocked(g api.GatewayGrant) []PeerChange {
 	var changes []PeerChange
 	if e, ok := t.grants[g.ID]; ok {
 		if e.g.ClientWGKey.Equal(g.ClientWGKey) && e.g.ClientIP == g.ClientIP {
+			if len(g.ClientCandidates) == 0 {
+				g.ClientCandidates = e.g.ClientCandidates // a renewal does not repeat them
+			}
 			e.g = g
 			return nil
 		}
@@ -280,6 +283,17 @@ func (t *GrantTable) HasPeer(k key.WGPublic) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.peers[k] != nil
+}
+
+// Lookup returns a grant that has not expired.
+func (t *GrantTable) Lookup(id api.GrantID) (api.GatewayGrant, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.grants[id]
+	if e == nil || !t.now().Before(e.g.NotAfter) {
+		return api.GatewayGrant{}, false
+	}
+	return e.g, true
 }
 
 // Grants returns a snapshot of the grants held.

@@ -446,17 +446,39 @@ func adminGatewayCmd(o *adminOpts) *cobra.Command {
 				return err
 			}
 			return o.print(orEmpty(gs), func(w io.Writer) {
-				fmt.Fprintln(w, "ID\tNAME\tGROUP\tOVERLAY IP\tENDPOINTS\tCONNECTED\tLAST SEEN")
+				fmt.Fprintln(w, "ID\tNAME\tGROUP\tOVERLAY IP\tCANDIDATES\tCONNECTED\tLAST SEEN")
 				for _, g := range gs {
-					eps := make([]string, len(g.Endpoints))
-					for i, e := range g.Endpoints {
-						eps[i] = e.String()
+					var eps []string
+					for _, c := range g.Candidates {
+						eps = append(eps, c.Type+" "+c.Addr.String())
+					}
+					if len(eps) == 0 {
+						for _, e := range g.Endpoints {
+							eps = append(eps, e.String())
+						}
 					}
 					conn := "no"
 					if g.Connected {
 						conn = "yes"
 					}
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.Name, g.Group, g.OverlayIP, list(eps), conn, date(g.LastSeen))
+				}
+				for _, g := range gs {
+					if len(g.Peers) == 0 {
+						continue
+					}
+					fmt.Fprintf(w, "\nPEERS OF %s\tDEVICE\tPATH\tENDPOINT\tLAST HANDSHAKE\tRX\tTX\n", g.Name)
+					for _, p := range g.Peers {
+						ep := "-"
+						if p.Endpoint.IsValid() {
+							ep = p.Endpoint.String()
+						}
+						hs := "never"
+						if !p.LastHandshake.IsZero() {
+							hs = date(p.LastHandshake)
+						}
+						fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.PublicKey, p.DeviceID, orDash(p.Path), ep, hs, fmtBytes(p.RxBytes), fmtBytes(p.TxBytes))
+					}
 				}
 			})
 		}),

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"net"
+	"net/netip"
+	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -12,8 +15,10 @@ import (
 
 func (c *cli) controllerCmd() *cobra.Command {
 	var (
-		cfg   controller.Config
-		names []string
+		cfg         controller.Config
+		names       []string
+		relayAddr   string
+		relaySecret string
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -26,6 +31,20 @@ the token (shown once; also saved in DATA/admin.token).`,
 			ctx := cmd.Context()
 			cfg.Names = names
 			cfg.Logger = c.log.With("role", "controller")
+			if relayAddr != "" {
+				ap, err := netip.ParseAddrPort(relayAddr)
+				if err != nil {
+					return fmt.Errorf("--relay-addr %q: want IP:port: %w", relayAddr, err)
+				}
+				cfg.RelayAddr = ap
+			}
+			if relaySecret != "" {
+				b, err := os.ReadFile(relaySecret)
+				if err != nil {
+					return fmt.Errorf("--relay-secret-file: %w", err)
+				}
+				cfg.RelaySecret = bytes.TrimSpace(b)
+			}
 			ctrl, err := controller.New(ctx, cfg)
 			if err != nil {
 				return err
@@ -45,6 +64,13 @@ the token (shown once; also saved in DATA/admin.token).`,
 				fmt.Fprintf(out, "Admin token:    in %s (created on first start)\n", tokenFile)
 			}
 			fmt.Fprintf(out, "Listening on    https://%s\n", displayAddr(addr))
+			if ra := ctrl.RelayAddr(); ra.IsValid() {
+				kind := "embedded"
+				if ctrl.Relay() == nil {
+					kind = "external"
+				}
+				fmt.Fprintf(out, "Relay/STUN:     udp://%s (%s)\n", ra, kind)
+			}
 			return ctrl.Run(ctx)
 		},
 	}
@@ -55,6 +81,9 @@ the token (shown once; also saved in DATA/admin.token).`,
 	f.DurationVar(&cfg.GrantLifetime, "grant-lifetime", controller.DefaultGrantLifetime, "lifetime of a grant before renewal")
 	f.DurationVar(&cfg.SessionLifetime, "session-lifetime", controller.DefaultSessionLifetime, "how long a login lasts")
 	f.DurationVar(&cfg.CertLifetime, "cert-lifetime", controller.DefaultCertLifetime, "lifetime of device and gateway certificates")
+	f.StringVar(&cfg.RelayListen, "relay-listen", "", `UDP address of the embedded TURN relay and STUN server (default: the --listen host, port 3478; "off" for an external relay)`)
+	f.StringVar(&relayAddr, "relay-addr", "", "relay address handed to gateways and clients, IP:port (default: the embedded relay's; required for an external relay such as coturn)")
+	f.StringVar(&relaySecret, "relay-secret-file", "", "file with the relay's shared secret, coturn's static-auth-secret (default: DATA/relay.secret, created on first start)")
 	return cmd
 }
 

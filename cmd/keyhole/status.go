@@ -123,13 +123,13 @@ func printStatus(w io.Writer, rep *statusReport) error {
 	if len(st.Peers) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "GATEWAY\tENDPOINT\tLAST HANDSHAKE\tRX\tTX")
+		fmt.Fprintln(tw, "GATEWAY\tPATH\tENDPOINT\tLAST HANDSHAKE\tRX\tTX")
 		for _, p := range st.Peers {
 			hs := "never"
 			if !p.LastHandshake.IsZero() {
 				hs = fmtRel(p.LastHandshake)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.GatewayID, p.Endpoint, hs, fmtBytes(p.RxBytes), fmtBytes(p.TxBytes))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.GatewayID, orDash(p.Path), p.Endpoint, hs, fmtBytes(p.RxBytes), fmtBytes(p.TxBytes))
 		}
 		return tw.Flush()
 	}
@@ -154,4 +154,12 @@ func writeJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// orDash prints "-" for an empty string.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

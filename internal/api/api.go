@@ -12,6 +12,10 @@
 //   - 1 (2026-11-23): users, groups, apps, gateway groups, gateways, policy
 //     rules, devices, grants with push-and-ack to gateways, audit events and
 //     flow records.
+//   - 2 (2026-11-23): NAT traversal. Candidates (host, server-reflexive,
+//     relayed) travel in hellos, grant requests, grants and stream events;
+//     connectivity-check keys per grant; TURN relay credentials for
+//     gateways; per-peer path reports from gateways.
 package api
 
 import (
@@ -23,7 +27,7 @@ import (
 
 // Version is the protocol version this package describes. It changes when a
 // message gains a field a peer must understand.
-const Version = 1
+const Version = 2
 
 // Typed identifiers: an ID of one kind cannot be passed where another is meant.
 type (
@@ -178,9 +182,12 @@ type Gateway struct {
 	WGPublicKey key.WGPublic     `json:"wg_public_key"`
 	OverlayIP   netip.Addr       `json:"overlay_ip"`
 	Endpoints   []netip.AddrPort `json:"endpoints,omitempty"`
-	Connected   bool             `json:"connected"`
-	LastSeen    time.Time        `json:"last_seen,omitzero"`
-	CreatedAt   time.Time        `json:"created_at"`
+	// Candidates and Peers are what a connected gateway last reported.
+	Candidates []Candidate  `json:"candidates,omitempty"`
+	Peers      []PeerReport `json:"peers,omitempty"`
+	Connected  bool         `json:"connected"`
+	LastSeen   time.Time    `json:"last_seen,omitzero"`
+	CreatedAt  time.Time    `json:"created_at"`
 }
 
 // PolicyRule is one ordered rule; the first matching rule decides, and no
@@ -314,6 +321,8 @@ type LoginResponse struct {
 	SessionExpiresAt time.Time  `json:"session_expires_at"`
 	Certificate      string     `json:"certificate"` // PEM device certificate
 	OverlayIP        netip.Addr `json:"overlay_ip"`
+	// STUN is where the client learns its reflexive address (none: zero).
+	STUN netip.AddrPort `json:"stun,omitzero"`
 }
 
 // CertificateRenewal is the body of POST /v1/device/certificate and
@@ -337,6 +346,9 @@ type GrantRequest struct {
 	// "whatever the app serves".
 	Proto string `json:"proto,omitempty"`
 	Port  uint16 `json:"port,omitempty"`
+	// Candidates are the client's addresses, for the gateway to punch
+	// towards (at most 8).
+	Candidates []Candidate `json:"candidates,omitempty"`
 }
 
 // GrantResponse answers an allowed grant or renewal: the WireGuard peer to
@@ -346,6 +358,8 @@ type GrantResponse struct {
 	Peer  Peer  `json:"peer"`
 	// RenewAfter is when the client should renew (about 2/3 of the lifetime).
 	RenewAfter time.Time `json:"renew_after"`
+	// STUN is the server the client learns its reflexive address from.
+	STUN netip.AddrPort `json:"stun,omitzero"`
 }
 
 // Peer is a WireGuard peer as the client should configure it.
@@ -356,6 +370,62 @@ type Peer struct {
 	// AllowedIPs are this grant's targets only; the client unions them over
 	// all its live grants through the same gateway.
 	AllowedIPs []netip.Prefix `json:"allowed_ips"`
+	// Candidates are where the gateway may be reached: probe them all with
+	// connectivity checks (USERNAME the grant ID, key CheckKey) and send
+	// WireGuard to the best that answers. Endpoints is the host and
+	// server-reflexive subset, for older clients.
+	Candidates []Candidate `json:"candidates,omitempty"`
+	CheckKey   []byte      `json:"check_key,omitempty"`
+}
+
+// Candidate types (RFC 8445 §5.1.1).
+const (
+	CandidateHost  = "host"  // a local interface address
+	CandidateSrflx = "srflx" // the address a STUN server saw
+	CandidateRelay = "relay" // a TURN allocation's relayed address
+)
+
+// Candidate is an address a client or gateway may be reachable at.
+type Candidate struct {
+	Type string         `json:"type"`
+	Addr netip.AddrPort `json:"addr"`
+}
+
+// MaxCandidates bounds every candidate list on the wire.
+const MaxCandidates = 8
+
+// Relay is a TURN relay and the short-lived credentials to allocate on it
+// (TURN REST API style: Password is an HMAC of Username, which carries the
+// expiry). Password is a secret; it is never logged.
+type Relay struct {
+	Addr      netip.AddrPort `json:"addr"`
+	Username  string         `json:"username"`
+	Password  string         `json:"password"`
+	Realm     string         `json:"realm"`
+	ExpiresAt time.Time      `json:"expires_at"`
+}
+
+// Paths a WireGuard peer is reached by.
+const (
+	PathDirect  = "direct"
+	PathRelayed = "relayed"
+)
+
+// PeerReport is one WireGuard peer as its node sees it (gateways send them
+// with POST /v1/gateway/peers; admins read them in GET /v1/gateways).
+type PeerReport struct {
+	PublicKey     key.WGPublic   `json:"public_key"`
+	DeviceID      DeviceID       `json:"device_id,omitempty"`
+	Path          string         `json:"path,omitempty"` // PathDirect or PathRelayed; empty before a handshake
+	Endpoint      netip.AddrPort `json:"endpoint,omitzero"`
+	LastHandshake time.Time      `json:"last_handshake,omitzero"`
+	RxBytes       uint64         `json:"rx_bytes"`
+	TxBytes       uint64         `json:"tx_bytes"`
+}
+
+// PeerReports is the body of POST /v1/gateway/peers.
+type PeerReports struct {
+	Peers []PeerReport `json:"peers"`
 }
 
 // --- Gateway ---------------------------------------------------------------
@@ -381,7 +451,17 @@ type EnrolResponse struct {
 type GatewayHello struct {
 	WGPublicKey key.WGPublic     `json:"wg_public_key"`
 	Endpoints   []netip.AddrPort `json:"endpoints"`
-	Version     string           `json:"version"`
+	// Candidates are the gateway's host, server-reflexive and relayed
+	// addresses (at most 8).
+	Candidates []Candidate `json:"candidates,omitempty"`
+	Version    string      `json:"version"`
+}
+
+// GatewayHelloResponse answers a hello: where to learn the reflexive
+// address, and the relay to hold an allocation on (nil: no relay).
+type GatewayHelloResponse struct {
+	STUN  netip.AddrPort `json:"stun,omitzero"`
+	Relay *Relay         `json:"relay,omitempty"`
 }
 
 // Stream event types on GET /v1/gateway/stream.
@@ -416,6 +496,10 @@ type GatewayGrant struct {
 	Targets     []GrantTarget `json:"targets"`
 	Ports       []PortRange   `json:"ports"`
 	NotAfter    time.Time     `json:"not_after"`
+	// ClientCandidates are where to punch towards; CheckKey authenticates
+	// connectivity checks under this grant (USERNAME is the grant ID).
+	ClientCandidates []Candidate `json:"client_candidates,omitempty"`
+	CheckKey         []byte      `json:"check_key,omitempty"`
 }
 
 // GatewayAck is the body of POST /v1/gateway/ack: every event up to and

@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/keyhole-net/keyhole/internal/key"
+	"github.com/keyhole-net/keyhole/internal/nat"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -108,8 +109,11 @@ type Peer struct {
 // PeerStatus is a peer's state as WireGuard reports it (what `wg show`
 // prints).
 type PeerStatus struct {
-	PublicKey     key.WGPublic
-	Endpoint      netip.AddrPort
+	PublicKey key.WGPublic
+	Endpoint  netip.AddrPort
+	// Relayed says WireGuard reaches the peer through this node's own TURN
+	// allocation (Endpoint is then where the relay sees the peer).
+	Relayed       bool
 	LastHandshake time.Time // zero if never
 	RxBytes       uint64
 	TxBytes       uint64
@@ -123,6 +127,7 @@ type Net struct {
 	stack *stack.Stack
 	ep    *linkEndpoint
 	dev   *device.Device
+	bind  *nat.Bind
 	port  uint16
 
 	tcpHandler atomic.Pointer[func(*TCPRequest)]
@@ -168,7 +173,8 @@ func New(cfg Config) (*Net, error) {
 	}
 
 	tdev := newTUNDevice(n.ep)
-	n.dev = device.NewDevice(tdev, conn.NewDefaultBind(), deviceLogger(log))
+	n.bind = nat.NewBind(conn.NewDefaultBind())
+	n.dev = device.NewDevice(tdev, n.bind, deviceLogger(log))
 	uapi := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", cfg.PrivateKey.UAPIHex(), cfg.ListenPort)
 	if err := n.dev.IpcSet(uapi); err != nil {
 		n.Close()
@@ -300,6 +306,10 @@ func (n *Net) readPort() (uint16, error) {
 // Port returns the bound UDP port.
 func (n *Net) Port() uint16 { return n.port }
 
+// Bind returns the UDP socket layer WireGuard runs on: it also carries STUN
+// queries, connectivity checks and the TURN allocation (package nat).
+func (n *Net) Bind() *nat.Bind { return n.bind }
+
 // UpsertPeer adds the peer or updates it in place. Allowed IPs are
 // replaced; the session (keys, counters, learned endpoint if p.Endpoint is
 // zero) is kept.
@@ -387,7 +397,12 @@ func parsePeers(uapi string) ([]PeerStatus, error) {
 		var err error
 		switch k {
 		case "endpoint":
-			p.Endpoint, err = netip.ParseAddrPort(v)
+			var ap netip.AddrPort
+			ap, p.Relayed = nat.IsRelayed(v)
+			if !ap.IsValid() {
+				err = fmt.Errorf("invalid endpoint %q", v)
+			}
+			p.Endpoint = ap
 		case "last_handshake_time_sec":
 			hsSec, err = strconv.ParseInt(v, 10, 64)
 		case "last_handshake_time_nsec":

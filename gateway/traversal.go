@@ -1,0 +1,403 @@
+package gateway
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/nat"
+)
+
+const (
+	// pathInterval is how often the gateway re-learns its reflexive address
+	// (noticing a NAT rebind), checks its relay allocation and refreshes
+	// the relay permissions of its clients.
+	pathInterval = 10 * time.Second
+	// relayRenewBefore is how long before its credentials run out the
+	// gateway moves to a fresh allocation.
+	relayRenewBefore = time.Hour
+	// punchEvery rate-limits the punching triggered by one grant's checks.
+	punchEvery = 500 * time.Millisecond
+	// maxPunches bounds concurrent punch rounds.
+	maxPunches = 32
+	// peerReportInterval is how often per-peer paths go to the controller.
+	peerReportInterval = 5 * time.Second
+)
+
+// traversal is the gateway's NAT traversal state: where its STUN server and
+// relay are, what it learned from them, and the candidates it advertises.
+type traversal struct {
+	wake  chan struct{} // cap 1: the hello brought news
+	punch chan struct{} // semaphore for punch rounds
+
+	mu         sync.Mutex // guards the fields below
+	stun       netip.AddrPort
+	relay      *api.Relay // credentials from the last hello
+	srflx      netip.AddrPort
+	relayed    netip.AddrPort
+	relayExp   time.Time // expiry of the allocation's credentials
+	advertised []api.Candidate
+	lastPunch  map[api.GrantID]time.Time
+}
+
+func newTraversal() *traversal {
+	return &traversal{
+		wake:      make(chan struct{}, 1),
+		punch:     make(chan struct{}, maxPunches),
+		lastPunch: make(map[api.GrantID]time.Time),
+	}
+}
+
+// hello says hello to the controller with the current candidates and takes
+// in what it answers.
+func (g *Gateway) hello(ctx context.Context) error {
+	var cands []api.Candidate
+	if g.stunServer().IsValid() {
+		// Before the first answer the gateway does not know which of its
+		// addresses are worth advertising.
+		cands = g.candidates()
+	}
+	req := api.GatewayHello{WGPublicKey: g.wgKey.Public(), Endpoints: g.endpoints(), Candidates: cands, Version: "keyhole/1"}
+	var resp api.GatewayHelloResponse
+	if err := g.api.Do(ctx, "POST", "/v1/gateway/hello", req, &resp); err != nil {
+		return err
+	}
+	t := g.trav
+	t.mu.Lock()
+	news := t.stun != resp.STUN || (t.relay == nil) != (resp.Relay == nil) ||
+		(resp.Relay != nil && t.relay != nil && t.relay.Addr != resp.Relay.Addr)
+	t.stun, t.relay, t.advertised = resp.STUN, resp.Relay, cands
+	t.mu.Unlock()
+	if news {
+		select {
+		case t.wake <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// stunServer is the STUN server the controller named in its last answer.
+func (g *Gateway) stunServer() netip.AddrPort {
+	g.trav.mu.Lock()
+	defer g.trav.mu.Unlock()
+	return g.trav.stun
+}
+
+// candidates returns the gateway's candidates for the controller.
+func (g *Gateway) candidates() []api.Candidate {
+	var out []api.Candidate
+	for _, c := range g.natCandidates() {
+		typ := api.CandidateHost
+		switch c.Kind {
+		case nat.ServerReflexive:
+			typ = api.CandidateSrflx
+		case nat.Relayed:
+			typ = api.CandidateRelay
+		}
+		out = append(out, api.Candidate{Type: typ, Addr: c.Addr})
+	}
+	return out
+}
+
+// natCandidates returns host, server-reflexive and relayed candidates, at
+// most nat.MaxCandidates: the relayed and reflexive ones first, as they
+// are the ones a remote client can use.
+func (g *Gateway) natCandidates() []nat.Candidate {
+	t := g.trav
+	t.mu.Lock()
+	srflx, relayed := t.srflx, t.relayed
+	t.mu.Unlock()
+	var out []nat.Candidate
+	if relayed.IsValid() {
+		out = append(out, nat.Candidate{Kind: nat.Relayed, Addr: relayed})
+	}
+	if srflx.IsValid() {
+		out = append(out, nat.Candidate{Kind: nat.ServerReflexive, Addr: srflx})
+	}
+	for _, ep := range g.endpoints() {
+		if len(out) == nat.MaxCandidates {
+			break
+		}
+		if ep != srflx && (!ep.Addr().IsLoopback() || len(g.cfg.HostAddrs) > 0 || g.stunServer().Addr().IsLoopback()) {
+			out = append(out, nat.Candidate{Kind: nat.Host, Addr: ep})
+		}
+	}
+	return out
+}
+
+// checkConfig is how the gateway answers connectivity checks: the key is
+// the check key of a live grant (USERNAME is its ID), and every answered
+// check makes the gateway punch back towards the client.
+func (g *Gateway) checkConfig(ctx context.Context, bg *sync.WaitGroup) *nat.CheckConfig {
+	return &nat.CheckConfig{
+		Key: func(user string) ([]byte, bool) {
+			gr, ok := g.table.Lookup(api.GrantID(user))
+			if !ok || len(gr.CheckKey) == 0 {
+				return nil, false
+			}
+			return gr.CheckKey, true
+		},
+		Local: g.natCandidates,
+		OnCheck: func(user string, from netip.AddrPort, relayed bool, remote []nat.Candidate) {
+			targets := make([]netip.AddrPort, 0, len(remote)+1)
+			targets = append(targets, from)
+			for _, c := range remote {
+				if c.Kind != nat.Relayed {
+					targets = append(targets, c.Addr)
+				}
+			}
+			g.punch(ctx, bg, api.GrantID(user), targets, false)
+		},
+	}
+}
+
+// punch sends connectivity checks from the WireGuard socket to targets, so
+// that the site's NAT and firewall let the client's checks (and then its
+// WireGuard packets) in: outbound first is what opens a stateful firewall.
+// Rounds are rate-limited per grant and bounded overall; with permit, the
+// relay is also told to let the targets' addresses in.
+func (g *Gateway) punch(ctx context.Context, bg *sync.WaitGroup, id api.GrantID, targets []netip.AddrPort, permit bool) {
+	gr, ok := g.table.Lookup(id)
+	if !ok || len(gr.CheckKey) == 0 || len(targets) == 0 {
+		return
+	}
+	t := g.trav
+	now := time.Now()
+	t.mu.Lock()
+	if now.Sub(t.lastPunch[id]) < punchEvery {
+		t.mu.Unlock()
+		return
+	}
+	t.lastPunch[id] = now
+	if len(t.lastPunch) > 4096 {
+		for k, at := range t.lastPunch {
+			if now.Sub(at) > time.Minute {
+				delete(t.lastPunch, k)
+			}
+		}
+	}
+	t.mu.Unlock()
+	select {
+	case t.punch <- struct{}{}:
+	default:
+		return // busy: the client's retransmitted checks trigger another round
+	}
+	targets = slices.Compact(targets)
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		defer func() { <-t.punch }()
+		if permit {
+			g.permit(targets)
+		}
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		local := g.natCandidates()
+		var wg sync.WaitGroup
+		for _, to := range targets {
+			if !to.IsValid() || to.Port() == 0 {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := g.net.Bind().Check(ctx, to, string(id), gr.CheckKey, local); err == nil {
+					g.log.Debug("punch answered", "grant_id", id, "to", to)
+				}
+			}()
+		}
+		wg.Wait()
+	}()
+}
+
+// permit asks the relay to let the given client addresses in.
+func (g *Gateway) permit(addrs []netip.AddrPort) {
+	if _, ok := g.net.Bind().Relayed(); !ok {
+		return
+	}
+	var ips []netip.Addr
+	for _, a := range addrs {
+		if ip := a.Addr().Unmap(); ip.IsValid() && !slices.Contains(ips, ip) {
+			ips = append(ips, ip)
+		}
+	}
+	for len(ips) > 0 {
+		n := min(len(ips), 32)
+		if err := g.net.Bind().Permit(ips[:n]...); err != nil {
+			g.log.Warn("relay permission failed", "err", err)
+			return
+		}
+		ips = ips[n:]
+	}
+}
+
+// onGrants punches towards (and permits on the relay) the candidates of
+// grants just pushed.
+func (g *Gateway) onGrants(ctx context.Context, bg *sync.WaitGroup, gs []api.GatewayGrant) {
+	for _, gr := range gs {
+		var targets []netip.AddrPort
+		for _, c := range gr.ClientCandidates {
+			if c.Type != api.CandidateRelay {
+				targets = append(targets, c.Addr)
+			}
+		}
+		g.punch(ctx, bg, gr.ID, targets, true)
+	}
+}
+
+// pathLoop keeps the gateway reachable: it re-learns its reflexive address,
+// holds a relay allocation, refreshes relay permissions and tells the
+// controller when its candidates change.
+func (g *Gateway) pathLoop(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-g.trav.wake:
+		}
+		g.refreshPaths(ctx)
+		timer.Reset(pathInterval)
+	}
+}
+
+func (g *Gateway) refreshPaths(ctx context.Context) {
+	t := g.trav
+	t.mu.Lock()
+	stun, relay, oldSrflx, relayExp := t.stun, t.relay, t.srflx, t.relayExp
+	t.mu.Unlock()
+	bind := g.net.Bind()
+
+	rebound := false
+	if stun.IsValid() {
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		srflx, err := bind.Reflexive(qctx, stun)
+		cancel()
+		switch {
+		case err != nil:
+			g.log.Debug("reflexive address query failed", "stun", stun, "err", err)
+		case srflx != oldSrflx:
+			if oldSrflx.IsValid() {
+				g.log.Info("public address changed (NAT rebinding); re-learning paths", "old", oldSrflx, "new", srflx)
+				rebound = true
+			}
+			t.mu.Lock()
+			t.srflx = srflx
+			t.mu.Unlock()
+		}
+	}
+
+	if relay != nil {
+		cur, ok := bind.Relayed()
+		stale := time.Until(relayExp) < relayRenewBefore
+		if stale && time.Until(relay.ExpiresAt) < relayRenewBefore {
+			// The credentials we hold are old too: ask for new ones.
+			if err := g.hello(ctx); err == nil {
+				t.mu.Lock()
+				relay = t.relay
+				t.mu.Unlock()
+			}
+		}
+		if relay != nil && (!ok || rebound || stale) {
+			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			addr, err := bind.Allocate(actx, nat.RelayConfig{
+				Server: relay.Addr, Username: relay.Username, Password: relay.Password, Realm: relay.Realm,
+				Logger: g.log.With("component", "turn"),
+			})
+			cancel()
+			if err != nil {
+				g.log.Warn("relay allocation failed; clients behind strict NATs cannot reach this gateway until it works", "relay", relay.Addr, "err", err)
+				addr = netip.AddrPort{}
+			} else if addr != cur {
+				g.log.Info("relay allocation ready", "relay", relay.Addr, "relayed", addr)
+			}
+			t.mu.Lock()
+			t.relayed, t.relayExp = addr, relay.ExpiresAt
+			t.mu.Unlock()
+		}
+	}
+
+	// Refresh the relay permissions of every live grant's client: they
+	// last five minutes at the relay.
+	var addrs []netip.AddrPort
+	for _, gr := range g.table.Grants() {
+		for _, c := range gr.ClientCandidates {
+			addrs = append(addrs, c.Addr)
+		}
+	}
+	g.permit(addrs)
+
+	cands := g.candidates()
+	t.mu.Lock()
+	changed := !slices.Equal(cands, t.advertised)
+	t.mu.Unlock()
+	if changed && g.Connected() {
+		if err := g.hello(ctx); err != nil {
+			g.log.Warn("telling the controller our new addresses failed; retrying", "err", err)
+			t.mu.Lock()
+			t.advertised = nil
+			t.mu.Unlock()
+		} else {
+			g.log.Info("candidates updated", "candidates", cands)
+		}
+	}
+}
+
+// peerReportLoop sends the per-peer paths to the controller.
+func (g *Gateway) peerReportLoop(ctx context.Context) {
+	tick := time.NewTicker(peerReportInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if !g.Connected() {
+			continue
+		}
+		reports, err := g.PeerReports()
+		if err != nil {
+			continue
+		}
+		if err := g.api.Do(ctx, "POST", "/v1/gateway/peers", api.PeerReports{Peers: reports}, nil); err != nil {
+			g.log.Debug("peer report failed", "err", err)
+		}
+	}
+}
+
+// PeerReports returns the gateway's WireGuard peers with their paths.
+func (g *Gateway) PeerReports() ([]api.PeerReport, error) {
+	peers, err := g.net.Peers()
+	if err != nil {
+		return nil, err
+	}
+	devices := make(map[string]api.DeviceID)
+	for _, gr := range g.table.Grants() {
+		devices[gr.ClientWGKey.String()] = gr.DeviceID
+	}
+	out := make([]api.PeerReport, 0, min(len(peers), 200))
+	for _, p := range peers {
+		if len(out) == 200 {
+			break
+		}
+		r := api.PeerReport{
+			PublicKey: p.PublicKey, DeviceID: devices[p.PublicKey.String()], Endpoint: p.Endpoint,
+			LastHandshake: p.LastHandshake, RxBytes: p.RxBytes, TxBytes: p.TxBytes,
+		}
+		if p.Endpoint.IsValid() {
+			r.Path = api.PathDirect
+			if p.Relayed {
+				r.Path = api.PathRelayed
+			}
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
