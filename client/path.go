@@ -301,6 +301,7 @@ func (c *Client) setPath(gw api.GatewayID, cand nat.Candidate) {
 	if peerErr != nil {
 		c.log.Warn("pointing the peer at its new path", "gateway_id", gw, "err", peerErr)
 	}
+	c.writeStatus() // keyhole status shows the new path at once
 }
 
 // maintainPaths checks the paths in use: a relayed one tries to go direct

@@ -75,6 +75,9 @@ type Config struct {
 	// RelayListenUDP, if set, opens the embedded relay's sockets (a test
 	// running the controller inside a network namespace opens them there).
 	RelayListenUDP func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
+	// RelayTap, if set, sees every payload the embedded relay forwards
+	// (tests prove with it that the relay carries only ciphertext).
+	RelayTap func(from, to netip.AddrPort, payload []byte)
 	// Password holds argon2id parameters (zero: auth defaults).
 	Password auth.Params
 	// Logger receives logs (nil: discard).

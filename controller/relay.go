@@ -90,7 +90,7 @@ func (c *Controller) startRelay(l net.Addr) error {
 	}
 	srv, err := relay.New(relay.Config{
 		Listen: la, PublicIP: public, Realm: relayRealm, Secret: c.relaySecret,
-		Logger: c.log.With("component", "relay"), Now: c.now, ListenUDP: c.cfg.RelayListenUDP,
+		Logger: c.log.With("component", "relay"), Now: c.now, ListenUDP: c.cfg.RelayListenUDP, Tap: c.cfg.RelayTap,
 	})
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)

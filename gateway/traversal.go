@@ -192,7 +192,8 @@ func (g *Gateway) punch(ctx context.Context, bg *sync.WaitGroup, id api.GrantID,
 		defer bg.Done()
 		defer func() { <-t.punch }()
 		if permit {
-			g.permit(targets)
+			gr, _ := g.table.Lookup(id)
+			g.permit(publicCandidates(gr.ClientCandidates))
 		}
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
@@ -214,9 +215,13 @@ func (g *Gateway) punch(ctx context.Context, bg *sync.WaitGroup, id api.GrantID,
 	}()
 }
 
-// permit asks the relay to let the given client addresses in.
+// permit asks the relay to let the given client addresses in. Relays
+// refuse a whole request over one address they deny (coturn denies
+// private ranges, for one), so a refused batch is retried address by
+// address.
 func (g *Gateway) permit(addrs []netip.AddrPort) {
-	if _, ok := g.net.Bind().Relayed(); !ok {
+	bind := g.net.Bind()
+	if _, ok := bind.Relayed(); !ok {
 		return
 	}
 	var ips []netip.Addr
@@ -227,12 +232,27 @@ func (g *Gateway) permit(addrs []netip.AddrPort) {
 	}
 	for len(ips) > 0 {
 		n := min(len(ips), 32)
-		if err := g.net.Bind().Permit(ips[:n]...); err != nil {
-			g.log.Warn("relay permission failed", "err", err)
-			return
+		if err := bind.Permit(ips[:n]...); err != nil {
+			for _, ip := range ips[:n] {
+				if err := bind.Permit(ip); err != nil {
+					g.log.Debug("relay refused a permission", "peer", ip, "err", err)
+				}
+			}
 		}
 		ips = ips[n:]
 	}
+}
+
+// publicCandidates are the candidates a relay can see packets from: a host
+// candidate is a LAN address behind the client's NAT.
+func publicCandidates(cs []api.Candidate) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, c := range cs {
+		if c.Type == api.CandidateSrflx {
+			out = append(out, c.Addr)
+		}
+	}
+	return out
 }
 
 // onGrants punches towards (and permits on the relay) the candidates of
@@ -327,9 +347,7 @@ func (g *Gateway) refreshPaths(ctx context.Context) {
 	// last five minutes at the relay.
 	var addrs []netip.AddrPort
 	for _, gr := range g.table.Grants() {
-		for _, c := range gr.ClientCandidates {
-			addrs = append(addrs, c.Addr)
-		}
+		addrs = append(addrs, publicCandidates(gr.ClientCandidates)...)
 	}
 	g.permit(addrs)
 

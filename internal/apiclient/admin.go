@@ -22,6 +22,10 @@ func NewAdmin(controllerURL, fingerprint, token string) (*Admin, error) {
 	return &Admin{c: c}, nil
 }
 
+// AdminFor returns an admin API client over c (whose Bearer is an admin
+// token).
+func AdminFor(c *Client) *Admin { return &Admin{c: c} }
+
 // Client returns the underlying client.
 func (a *Admin) Client() *Client { return a.c }
 

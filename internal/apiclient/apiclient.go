@@ -41,6 +41,9 @@ type Config struct {
 	Bearer string
 	// Timeout bounds each non-streaming request (default 15s).
 	Timeout time.Duration
+	// DialContext, if set, opens the TCP connections (default net.Dialer),
+	// e.g. from inside another network namespace.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Client talks to one controller. Safe for concurrent use.
@@ -80,10 +83,14 @@ func New(cfg Config) (*Client, error) {
 	default:
 		return nil, errors.New("apiclient: need the controller's CA fingerprint (--ca-fingerprint) or saved credentials")
 	}
+	dial := cfg.DialContext
+	if dial == nil {
+		dial = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	}
 	c.tr = &http.Transport{
 		TLSClientConfig:     tlsCfg,
 		ForceAttemptHTTP2:   true,
-		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:         dial,
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,
