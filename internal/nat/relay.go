@@ -88,6 +88,8 @@ const maxPacket = 65535
 // relayState is one live allocation.
 type relayState struct {
 	server  netip.AddrPort
+	sock    *sockConn
+	sendMu  sync.Mutex // one batch at a time
 	client  *turn.Client
 	conn    net.PacketConn // the relayed side; nil until allocated
 	relayed netip.AddrPort
@@ -98,11 +100,56 @@ type relayState struct {
 // sockConn is the net.PacketConn the TURN client writes through: our
 // WireGuard socket, towards the relay server only. Reads never happen (the
 // receive filter hands TURN traffic to the client with HandleInbound).
+//
+// While a batch is open (sendRelay), ChannelData messages are collected and
+// sent together, so a burst of WireGuard packets to the relay costs one
+// sendmmsg (or one GSO send) instead of one syscall each. STUN messages are
+// never held back: the TURN client may be waiting for their answers.
 type sockConn struct {
 	b      *Bind
 	ep     conn.Endpoint
 	closed chan struct{}
 	once   sync.Once
+
+	mu       sync.Mutex // guards batching, batch
+	batching bool
+	batch    [][]byte
+}
+
+// startBatch opens a batch; endBatch closes it and sends what it holds.
+func (s *sockConn) startBatch() {
+	s.mu.Lock()
+	s.batching = true
+	s.mu.Unlock()
+}
+
+func (s *sockConn) endBatch() error {
+	s.mu.Lock()
+	batch := s.batch
+	s.batch, s.batching = s.batch[:0:0], false
+	s.mu.Unlock()
+	// Send in chunks the inner Bind takes at once, each message copied
+	// into a full-size buffer: the inner Bind coalesces same-size
+	// datagrams into one UDP GSO send by appending to the first buffer of
+	// a run, which pion's exact-size messages have no room for.
+	chunk := max(s.b.inner.BatchSize(), 1)
+	bufs := make([][]byte, 0, chunk)
+	held := make([]*[maxPacket]byte, 0, chunk)
+	var err error
+	for len(batch) > 0 && err == nil {
+		n := min(len(batch), chunk)
+		for _, p := range batch[:n] {
+			b := s.b.pool.Get().(*[maxPacket]byte)
+			held = append(held, b)
+			bufs = append(bufs, append(b[:0], p...))
+		}
+		err = s.b.inner.Send(bufs, s.ep)
+		for _, b := range held {
+			s.b.pool.Put(b)
+		}
+		bufs, held, batch = bufs[:0], held[:0], batch[n:]
+	}
+	return err
 }
 
 func (s *sockConn) ReadFrom([]byte) (int, net.Addr, error) {
@@ -111,6 +158,17 @@ func (s *sockConn) ReadFrom([]byte) (int, net.Addr, error) {
 }
 
 func (s *sockConn) WriteTo(p []byte, _ net.Addr) (int, error) {
+	if isChannelData(p) {
+		s.mu.Lock()
+		if s.batching {
+			// pion allocates each ChannelData message afresh, so
+			// holding on to p until endBatch is safe.
+			s.batch = append(s.batch, p)
+			s.mu.Unlock()
+			return len(p), nil
+		}
+		s.mu.Unlock()
+	}
 	if err := s.b.inner.Send([][]byte{p}, s.ep); err != nil {
 		return 0, err
 	}
@@ -158,7 +216,7 @@ func (b *Bind) Allocate(ctx context.Context, cfg RelayConfig) (netip.AddrPort, e
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("relay %s: %w", server, err)
 	}
-	rs := &relayState{server: server, client: client, done: make(chan struct{}), stopped: make(chan struct{})}
+	rs := &relayState{server: server, sock: sock, client: client, done: make(chan struct{}), stopped: make(chan struct{})}
 	// Publish before allocating: the answers arrive on the receive path.
 	b.relay.Store(rs)
 
@@ -332,12 +390,20 @@ func (b *Bind) sendRelay(bufs [][]byte, e *RelayEndpoint) error {
 	if rs == nil || rs.conn == nil {
 		return ErrNoRelay
 	}
+	rs.sendMu.Lock()
+	defer rs.sendMu.Unlock()
+	rs.sock.startBatch()
+	var werr error
 	for _, buf := range bufs {
 		if _, err := rs.conn.WriteTo(buf, e.udp); err != nil {
-			return fmt.Errorf("relay %s: send to %s: %w", rs.server, e.Peer, err)
+			werr = fmt.Errorf("relay %s: send to %s: %w", rs.server, e.Peer, err)
+			break
 		}
 	}
-	return nil
+	if err := rs.sock.endBatch(); err != nil && werr == nil {
+		werr = fmt.Errorf("relay %s: send to %s: %w", rs.server, e.Peer, err)
+	}
+	return werr
 }
 
 // fromRelay hands pkt to the TURN client if it is TURN traffic from the

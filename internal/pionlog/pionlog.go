@@ -3,8 +3,10 @@
 // rather than pion's own stderr default.
 //
 // pion is chatty about conditions that are normal on the internet (stray
-// packets, stale nonces), so everything it says is logged at Debug, except
-// Error, which is logged at Info: our own code logs the failures it acts on.
+// packets, stale nonces) and logs per packet at Debug, so its Trace and
+// Debug lines go below slog's Debug (LevelTrace: shown only to a handler
+// that asks for them), Info and Warn to Debug, and Error to Info: our own
+// code logs the failures it acts on.
 package pionlog
 
 import (
@@ -32,6 +34,9 @@ func (f factory) NewLogger(scope string) logging.LeveledLogger {
 // logger is a pion LeveledLogger over slog.
 type logger struct{ l *slog.Logger }
 
+// LevelTrace is the level of pion's Trace and Debug lines.
+const LevelTrace = slog.LevelDebug - 4
+
 var _ logging.LeveledLogger = logger{}
 
 func (g logger) log(level slog.Level, msg string) { g.l.Log(context.Background(), level, msg) }
@@ -42,10 +47,10 @@ func (g logger) logf(level slog.Level, format string, args ...any) {
 	}
 }
 
-func (g logger) Trace(msg string)                  { g.log(slog.LevelDebug-4, msg) }
-func (g logger) Tracef(format string, args ...any) { g.logf(slog.LevelDebug-4, format, args...) }
-func (g logger) Debug(msg string)                  { g.log(slog.LevelDebug, msg) }
-func (g logger) Debugf(format string, args ...any) { g.logf(slog.LevelDebug, format, args...) }
+func (g logger) Trace(msg string)                  { g.log(LevelTrace, msg) }
+func (g logger) Tracef(format string, args ...any) { g.logf(LevelTrace, format, args...) }
+func (g logger) Debug(msg string)                  { g.log(LevelTrace, msg) }
+func (g logger) Debugf(format string, args ...any) { g.logf(LevelTrace, format, args...) }
 func (g logger) Info(msg string)                   { g.log(slog.LevelDebug, msg) }
 func (g logger) Infof(format string, args ...any)  { g.logf(slog.LevelDebug, format, args...) }
 func (g logger) Warn(msg string)                   { g.log(slog.LevelDebug, msg) }

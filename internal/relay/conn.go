@@ -39,6 +39,7 @@ func (g *relayGenerator) AllocatePacketConn(_ string, requestedPort int) (net.Pa
 	if err != nil {
 		return nil, nil, fmt.Errorf("relay: bind relay socket: %w", err)
 	}
+	growBuffers(conn)
 	port := conn.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 	rc := &relayConn{s: s, conn: conn, relayed: netip.AddrPortFrom(s.publicIP, port)}
 	s.mu.Lock()

@@ -198,6 +198,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
+	growBuffers(conn)
 	s.conn = conn
 	ua, _ := conn.LocalAddr().(*net.UDPAddr)
 	s.addr = netip.AddrPortFrom(ua.AddrPort().Addr().Unmap(), ua.AddrPort().Port())
