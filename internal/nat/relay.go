@@ -111,43 +111,69 @@ type sockConn struct {
 	closed chan struct{}
 	once   sync.Once
 
-	mu       sync.Mutex // guards batching, batch
+	mu       sync.Mutex // guards batching, batch, lastChan
 	batching bool
-	batch    [][]byte
+	batch    []*[maxPacket]byte
+	sizes    []int
+	lastChan uint16 // channel of the last ChannelData batched; 0: none
 }
 
 // startBatch opens a batch; endBatch closes it and sends what it holds.
 func (s *sockConn) startBatch() {
 	s.mu.Lock()
-	s.batching = true
+	s.batching, s.lastChan = true, 0
+	s.mu.Unlock()
+}
+
+// takeChannel returns (and forgets) the channel number of the ChannelData
+// message the TURN client batched last.
+func (s *sockConn) takeChannel() uint16 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := s.lastChan
+	s.lastChan = 0
+	return ch
+}
+
+// appendChannelData batches data for channel ch, framed as the TURN client
+// would frame it (RFC 8656 §12.4, padded to four bytes).
+func (s *sockConn) appendChannelData(ch uint16, data []byte) {
+	b := s.b.pool.Get().(*[maxPacket]byte)
+	n := 4 + len(data)
+	b[0], b[1], b[2], b[3] = byte(ch>>8), byte(ch), byte(len(data)>>8), byte(len(data))
+	copy(b[4:], data)
+	for n%4 != 0 {
+		b[n] = 0
+		n++
+	}
+	s.mu.Lock()
+	s.batch, s.sizes = append(s.batch, b), append(s.sizes, n)
 	s.mu.Unlock()
 }
 
 func (s *sockConn) endBatch() error {
 	s.mu.Lock()
-	batch := s.batch
-	s.batch, s.batching = s.batch[:0:0], false
+	batch, sizes := s.batch, s.sizes
+	s.batch, s.sizes, s.batching = nil, nil, false
 	s.mu.Unlock()
-	// Send in chunks the inner Bind takes at once, each message copied
-	// into a full-size buffer: the inner Bind coalesces same-size
-	// datagrams into one UDP GSO send by appending to the first buffer of
-	// a run, which pion's exact-size messages have no room for.
+	// Send in chunks the inner Bind takes at once. Each message sits in a
+	// full-size buffer: the inner Bind coalesces same-size datagrams into
+	// one UDP GSO send by appending to the first buffer of a run.
 	chunk := max(s.b.inner.BatchSize(), 1)
-	bufs := make([][]byte, 0, chunk)
-	held := make([]*[maxPacket]byte, 0, chunk)
+	bufs := make([][]byte, 0, min(chunk, len(batch)))
 	var err error
-	for len(batch) > 0 && err == nil {
-		n := min(len(batch), chunk)
-		for _, p := range batch[:n] {
-			b := s.b.pool.Get().(*[maxPacket]byte)
-			held = append(held, b)
-			bufs = append(bufs, append(b[:0], p...))
+	for i := 0; i < len(batch); i += chunk {
+		j := min(i+chunk, len(batch))
+		bufs = bufs[:0]
+		for k := i; k < j; k++ {
+			bufs = append(bufs, batch[k][:sizes[k]])
 		}
-		err = s.b.inner.Send(bufs, s.ep)
-		for _, b := range held {
-			s.b.pool.Put(b)
+		if e := s.b.inner.Send(bufs, s.ep); e != nil && err == nil {
+			err = e
 		}
-		bufs, held, batch = bufs[:0], held[:0], batch[n:]
+	}
+	for _, b := range batch {
+		s.b.pool.Put(b)
 	}
 	return err
 }
@@ -158,12 +184,12 @@ func (s *sockConn) ReadFrom([]byte) (int, net.Addr, error) {
 }
 
 func (s *sockConn) WriteTo(p []byte, _ net.Addr) (int, error) {
-	if isChannelData(p) {
+	if isChannelData(p) && len(p) <= maxPacket {
 		s.mu.Lock()
 		if s.batching {
-			// pion allocates each ChannelData message afresh, so
-			// holding on to p until endBatch is safe.
-			s.batch = append(s.batch, p)
+			b := s.b.pool.Get().(*[maxPacket]byte)
+			s.batch, s.sizes = append(s.batch, b), append(s.sizes, copy(b[:], p))
+			s.lastChan = uint16(p[0])<<8 | uint16(p[1])
 			s.mu.Unlock()
 			return len(p), nil
 		}
@@ -394,11 +420,22 @@ func (b *Bind) sendRelay(bufs [][]byte, e *RelayEndpoint) error {
 	defer rs.sendMu.Unlock()
 	rs.sock.startBatch()
 	var werr error
+	var ch uint16 // the peer's channel, once the TURN client used one
 	for _, buf := range bufs {
+		if ch != 0 && len(buf)+8 <= maxPacket {
+			// Frame the rest of the batch ourselves: the TURN client
+			// allocates per message, and it has just shown which
+			// channel the peer is bound to (it keeps the binding and
+			// the permission fresh from the first message of every
+			// batch).
+			rs.sock.appendChannelData(ch, buf)
+			continue
+		}
 		if _, err := rs.conn.WriteTo(buf, e.udp); err != nil {
 			werr = fmt.Errorf("relay %s: send to %s: %w", rs.server, e.Peer, err)
 			break
 		}
+		ch = rs.sock.takeChannel()
 	}
 	if err := rs.sock.endBatch(); err != nil && werr == nil {
 		werr = fmt.Errorf("relay %s: send to %s: %w", rs.server, e.Peer, err)

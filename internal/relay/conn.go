@@ -41,7 +41,7 @@ func (g *relayGenerator) AllocatePacketConn(_ string, requestedPort int) (net.Pa
 	}
 	growBuffers(conn)
 	port := conn.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-	rc := &relayConn{s: s, conn: conn, relayed: netip.AddrPortFrom(s.publicIP, port)}
+	rc := &relayConn{s: s, conn: conn, br: newBatchReader(conn), wq: newWriteQueue(conn), relayed: netip.AddrPortFrom(s.publicIP, port)}
 	s.mu.Lock()
 	if s.byPort[port] != nil {
 		s.mu.Unlock()
@@ -67,6 +67,8 @@ func (g *relayGenerator) AllocateConn(string, int) (net.Conn, net.Addr, error) {
 type relayConn struct {
 	s       *Server
 	conn    *net.UDPConn
+	br      *batchReader   // reads conn; used by pion's one reader goroutine
+	wq      *writeQueue    // what pion's read loop forwards, until its batch ends
 	relayed netip.AddrPort // the public relayed address
 	claims  atomic.Pointer[Claims]
 	client  netip.AddrPort // guarded by s.mu; set with claims
@@ -101,6 +103,11 @@ func (rc *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 		}
 		return len(p), nil
 	}
+	if s.inLoop.Load() && rc.wq.queue(p, via) {
+		s.markDirty(rc)
+		s.account(rc.relayed, to, p)
+		return len(p), nil
+	}
 	n, err := rc.conn.WriteToUDPAddrPort(p, via)
 	if err != nil {
 		return n, err
@@ -115,7 +122,7 @@ func (rc *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 func (rc *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	s := rc.s
 	for {
-		n, src, err := rc.conn.ReadFromUDPAddrPort(p)
+		n, src, err := rc.br.read(p)
 		if err != nil {
 			return n, nil, err
 		}
@@ -246,6 +253,8 @@ func isWireGuardData(p []byte) bool {
 // closes the existing ones.
 type listenConn struct {
 	*net.UDPConn
+	s        *Server
+	br       *batchReader
 	once     sync.Once
 	readDone chan struct{}
 	err      error // set before readDone is closed
@@ -253,12 +262,14 @@ type listenConn struct {
 
 // ReadFrom implements net.PacketConn.
 func (l *listenConn) ReadFrom(p []byte) (int, net.Addr, error) {
-	n, a, err := l.UDPConn.ReadFrom(p)
+	n, from, err := l.br.read(p)
 	if err != nil {
 		l.once.Do(func() {
 			l.err = err
 			close(l.readDone)
 		})
+		return n, nil, err
 	}
-	return n, a, err
+	l.s.inLoop.Store(true)
+	return n, net.UDPAddrFromAddrPort(from), nil
 }

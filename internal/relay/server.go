@@ -92,6 +92,12 @@ type Stats struct {
 // authenticates TURN REST API credentials and enforces their role
 // restriction. Create it with New, run it with Serve.
 type Server struct {
+	// Write combining (gso.go): inLoop is set while pion's read loop
+	// processes a batch; dirty lists the allocations with queued sends.
+	inLoop  atomic.Bool
+	dirtyMu sync.Mutex
+	dirty   []*relayConn
+
 	log      *slog.Logger
 	realm    string
 	secret   []byte
@@ -244,7 +250,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Unlock()
 	defer close(s.serveDone)
 
-	lc := &listenConn{UDPConn: s.conn, readDone: make(chan struct{})}
+	lc := &listenConn{UDPConn: s.conn, s: s, br: newBatchReader(s.conn), readDone: make(chan struct{})}
+	lc.br.idle = s.flushDirty
 	ts, err := turn.NewServer(turn.ServerConfig{
 		PacketConnConfigs: []turn.PacketConnConfig{{
 			PacketConn:            lc,
