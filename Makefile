@@ -6,7 +6,7 @@ PKGS    ?= ./...
 RACE_PKGS ?= ./...
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-race test-e2e demo bench lint fuzz clean
+.PHONY: all build test test-race test-e2e demo bench bench-lab lint fuzz clean
 
 all: build
 
@@ -28,6 +28,11 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 20m ./cmd/keyhole/internal/onebox/
 	$(BIN) bench
 
+# NAT traversal figures in the network-namespace lab (root): first byte and
+# throughput, direct vs relayed vs the lab's plain routed path.
+bench-lab:
+	KEYHOLE_E2E=1 KEYHOLE_LAB_BENCH=1 $(GO) test -count=1 -v -run '^TestLabFigures$$' -timeout 20m ./cmd/keyhole/
+
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet $(PKGS)
@@ -37,6 +42,8 @@ lint:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeRequest -fuzztime 30s ./controller/
 	$(GO) test -run '^$$' -fuzz FuzzGrantMessage -fuzztime 30s ./gateway/
+	$(GO) test -run '^$$' -fuzz FuzzClassify -fuzztime 30s ./internal/nat/
+	$(GO) test -run '^$$' -fuzz FuzzParseUsername -fuzztime 30s ./internal/relay/
 
 clean:
 	rm -rf bin

@@ -9,6 +9,17 @@
 #             sudo ip netns exec khlab-gateway getent hosts wiki.corp.internal
 #             sudo ip netns exec khlab-site iptables -L KH-WAN-IN -v -x -n
 #
+# Keyhole in it (bin/keyhole from `make build`; run each in its own terminal):
+#   sudo ip netns exec khlab-internet bin/keyhole controller --data /tmp/kh-c \
+#        --listen 203.0.113.10:8443 --name 203.0.113.10     # relay on :3478
+#   sudo ip netns exec khlab-internet bin/keyhole admin … (app wiki.corp.internal,
+#        gateway token, user, policy: see the README walkthrough)
+#   sudo ip netns exec khlab-gateway bin/keyhole gateway --controller \
+#        https://203.0.113.10:8443 --token T --ca-fingerprint FP --data /tmp/kh-g
+#   sudo ip netns exec khlab-client bin/keyhole login …; then
+#   sudo ip netns exec khlab-client bin/keyhole connect wiki.corp.internal:80
+#   sudo ip netns exec khlab-client bin/keyhole status   # path direct/relayed
+#
 # internet 203.0.113.10/.11 (bridge) | home 203.0.113.2, LAN 192.0.2.0/24,
 # client 192.0.2.10 | site 203.0.113.3, LAN 198.51.100.0/24, gateway
 # 198.51.100.10, app 198.51.100.20 (wiki.corp.internal, site only).
