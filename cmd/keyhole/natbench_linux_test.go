@@ -166,4 +166,3 @@ func (nl *natLab) plainThroughput() float64 {
 	}
 	return float64(n) * 8 / time.Since(start).Seconds() / 1e6
 }
-

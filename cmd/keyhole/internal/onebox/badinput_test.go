@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -230,5 +232,88 @@ func TestWrongFingerprintAndForeignCertificate(t *testing.T) {
 	ac2, _ := apiclient.New(apiclient.Config{URL: f.box.URL, Credentials: credsC, Bearer: strings.TrimSpace(string(sessA))})
 	if err := ac2.Do(ctx, "POST", "/v1/grants", api.GrantRequest{App: "wiki"}, nil); err == nil {
 		t.Fatal("certificate from a foreign CA accepted")
+	}
+}
+
+// TestBadTraversalInput: candidates and peer reports from the network are
+// checked before anything uses them (issue 3).
+func TestBadTraversalInput(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	ctx := context.Background()
+	alice := f.login(t, "alice", false)
+	creds, err := trust.LoadCredentials(alice.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, err := os.ReadFile(filepath.Join(alice.Dir, "session.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := apiclient.New(apiclient.Config{URL: f.box.URL, Credentials: creds, Bearer: strings.TrimSpace(string(sess))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gwCreds, err := trust.LoadCredentials(f.gw.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := apiclient.New(apiclient.Config{URL: f.box.URL, Credentials: gwCreds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cand := func(typ, addr string) api.Candidate {
+		return api.Candidate{Type: typ, Addr: netip.MustParseAddrPort(addr)}
+	}
+	nine := make([]api.Candidate, 9)
+	for i := range nine {
+		nine[i] = cand("host", fmt.Sprintf("192.0.2.%d:51820", i+1))
+	}
+	for _, tc := range []struct {
+		name  string
+		cands []api.Candidate
+	}{
+		{"unknown type", []api.Candidate{cand("prflx", "192.0.2.1:1")}},
+		{"port zero", []api.Candidate{cand("srflx", "192.0.2.1:0")}},
+		{"unspecified", []api.Candidate{cand("host", "0.0.0.0:1")}},
+		{"multicast", []api.Candidate{cand("host", "224.0.0.1:1")}},
+		{"too many", nine},
+	} {
+		t.Run("grant "+tc.name, func(t *testing.T) {
+			err := dev.Do(ctx, "POST", "/v1/grants", api.GrantRequest{App: "wiki", Candidates: tc.cands}, nil)
+			if !apiclient.IsCode(err, api.CodeBadRequest) {
+				t.Fatalf("grant with %s candidates: %v", tc.name, err)
+			}
+		})
+		t.Run("hello "+tc.name, func(t *testing.T) {
+			k, _ := key.NewWGPrivate()
+			err := gw.Do(ctx, "POST", "/v1/gateway/hello", api.GatewayHello{WGPublicKey: k.Public(), Candidates: tc.cands}, nil)
+			if !apiclient.IsCode(err, api.CodeBadRequest) {
+				t.Fatalf("hello with %s candidates: %v", tc.name, err)
+			}
+		})
+	}
+	k, _ := key.NewWGPrivate()
+	tooMany := make([]api.PeerReport, 201)
+	for i := range tooMany {
+		tooMany[i] = api.PeerReport{PublicKey: k.Public()}
+	}
+	for _, tc := range []struct {
+		name  string
+		peers []api.PeerReport
+	}{
+		{"no key", []api.PeerReport{{Path: api.PathDirect}}},
+		{"bad path", []api.PeerReport{{PublicKey: k.Public(), Path: "sideways"}}},
+		{"too many", tooMany},
+	} {
+		t.Run("peers "+tc.name, func(t *testing.T) {
+			err := gw.Do(ctx, "POST", "/v1/gateway/peers", api.PeerReports{Peers: tc.peers}, nil)
+			if !apiclient.IsCode(err, api.CodeBadRequest) && !apiclient.IsCode(err, api.CodeTooLarge) {
+				t.Fatalf("peer report with %s: %v", tc.name, err)
+			}
+		})
+	}
+	// Still working: a good grant after all that.
+	if _, err := alice.Grant(ctx, "wiki", "tcp", f.wiki.Port()); err != nil {
+		t.Fatalf("grant after bad input: %v", err)
 	}
 }
