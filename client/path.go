@@ -218,7 +218,7 @@ func (c *Client) selectPath(ctx context.Context, gw api.GatewayID, cands []nat.C
 		launch(cand)
 	}
 	pending := len(seen)
-	var relayed *nat.Candidate
+	ch := chooser{directOnly: directOnly, grace: directGrace}
 	var grace <-chan time.Time
 	for pending > 0 {
 		select {
@@ -232,27 +232,57 @@ func (c *Client) selectPath(ctx context.Context, gw api.GatewayID, cands []nat.C
 					pending++
 				}
 			}
-			if a.cand.Kind != nat.Relayed {
-				return a.cand, nil
+			if cand, done := ch.answered(a.cand); done {
+				return cand, nil
 			}
-			if !directOnly && relayed == nil {
-				cand := a.cand
-				relayed = &cand
-				grace = time.After(directGrace)
+			if grace == nil && ch.waiting() {
+				grace = time.After(ch.grace)
 			}
 		case <-grace:
-			return *relayed, nil
-		case <-ctx.Done():
-			if relayed != nil {
-				return *relayed, nil
+			if cand, ok := ch.best(); ok {
+				return cand, nil
 			}
-			return nat.Candidate{}, fmt.Errorf("gateway %s: %w", gw, ErrNoPath)
+		case <-ctx.Done():
+			pending = 0
 		}
 	}
-	if relayed != nil {
-		return *relayed, nil
+	if cand, ok := ch.best(); ok {
+		return cand, nil
 	}
 	return nat.Candidate{}, fmt.Errorf("gateway %s: %w", gw, ErrNoPath)
+}
+
+// chooser is path selection's decision, apart from the I/O: direct beats
+// relayed, the first direct answer decides at once, and a relayed answer
+// wins only if no direct one follows within grace (or ever, when the
+// checks run out). With directOnly (an upgrade attempt) relayed answers
+// count for nothing.
+type chooser struct {
+	directOnly bool
+	grace      time.Duration
+	relayed    *nat.Candidate
+}
+
+// answered records a successful check and reports whether it decides.
+func (ch *chooser) answered(c nat.Candidate) (nat.Candidate, bool) {
+	if c.Kind != nat.Relayed {
+		return c, true
+	}
+	if !ch.directOnly && ch.relayed == nil {
+		ch.relayed = &c
+	}
+	return nat.Candidate{}, false
+}
+
+// waiting reports whether a relayed answer waits out the grace period.
+func (ch *chooser) waiting() bool { return ch.relayed != nil }
+
+// best is the choice once the grace period or the checks are over.
+func (ch *chooser) best() (nat.Candidate, bool) {
+	if ch.relayed != nil {
+		return *ch.relayed, true
+	}
+	return nat.Candidate{}, false
 }
 
 // connectPeer picks the path to a gateway the client has no path to yet

@@ -2,6 +2,9 @@ package gateway
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"net/netip"
 	"slices"
 	"sync"
@@ -23,6 +26,8 @@ const (
 	punchEvery = 500 * time.Millisecond
 	// maxPunches bounds concurrent punch rounds.
 	maxPunches = 32
+	// permitTimeout bounds one permission request to the relay.
+	permitTimeout = 2 * time.Second
 	// peerReportInterval is how often per-peer paths go to the controller.
 	peerReportInterval = 5 * time.Second
 )
@@ -41,10 +46,20 @@ type traversal struct {
 	relayExp   time.Time // expiry of the allocation's credentials
 	advertised []api.Candidate
 	lastPunch  map[api.GrantID]time.Time
+	selfFails  int // consecutive failed self-checks of the allocation
+
+	// selfUser and selfKey authenticate the gateway's checks of its own
+	// relayed address (see relayAlive).
+	selfUser string
+	selfKey  []byte
 }
 
 func newTraversal() *traversal {
+	var k [16]byte
+	_, _ = rand.Read(k[:])
 	return &traversal{
+		selfUser:  "self-" + hex.EncodeToString(k[:4]),
+		selfKey:   k[:],
 		wake:      make(chan struct{}, 1),
 		punch:     make(chan struct{}, maxPunches),
 		lastPunch: make(map[api.GrantID]time.Time),
@@ -135,6 +150,9 @@ func (g *Gateway) natCandidates() []nat.Candidate {
 func (g *Gateway) checkConfig(ctx context.Context, bg *sync.WaitGroup) *nat.CheckConfig {
 	return &nat.CheckConfig{
 		Key: func(user string) ([]byte, bool) {
+			if user == g.trav.selfUser {
+				return g.trav.selfKey, true
+			}
 			gr, ok := g.table.Lookup(api.GrantID(user))
 			if !ok || len(gr.CheckKey) == 0 {
 				return nil, false
@@ -193,7 +211,7 @@ func (g *Gateway) punch(ctx context.Context, bg *sync.WaitGroup, id api.GrantID,
 		defer func() { <-t.punch }()
 		if permit {
 			gr, _ := g.table.Lookup(id)
-			g.permit(publicCandidates(gr.ClientCandidates))
+			g.permit(ctx, publicCandidates(gr.ClientCandidates))
 		}
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
@@ -219,7 +237,7 @@ func (g *Gateway) punch(ctx context.Context, bg *sync.WaitGroup, id api.GrantID,
 // refuse a whole request over one address they deny (coturn denies
 // private ranges, for one), so a refused batch is retried address by
 // address.
-func (g *Gateway) permit(addrs []netip.AddrPort) {
+func (g *Gateway) permit(ctx context.Context, addrs []netip.AddrPort) {
 	bind := g.net.Bind()
 	if _, ok := bind.Relayed(); !ok {
 		return
@@ -230,11 +248,21 @@ func (g *Gateway) permit(addrs []netip.AddrPort) {
 			ips = append(ips, ip)
 		}
 	}
+	try := func(ips ...netip.Addr) error {
+		pctx, cancel := context.WithTimeout(ctx, permitTimeout)
+		defer cancel()
+		return bind.Permit(pctx, ips...)
+	}
 	for len(ips) > 0 {
 		n := min(len(ips), 32)
-		if err := bind.Permit(ips[:n]...); err != nil {
+		err := try(ips[:n]...)
+		if errors.Is(err, context.DeadlineExceeded) {
+			g.log.Debug("relay did not answer a permission request", "err", err)
+			return // an unresponsive relay: the self-check deals with it
+		}
+		if err != nil {
 			for _, ip := range ips[:n] {
-				if err := bind.Permit(ip); err != nil {
+				if err := try(ip); err != nil {
 					g.log.Debug("relay refused a permission", "peer", ip, "err", err)
 				}
 			}
@@ -324,7 +352,17 @@ func (g *Gateway) refreshPaths(ctx context.Context) {
 				t.mu.Unlock()
 			}
 		}
-		if relay != nil && (!ok || rebound || stale) {
+		dead := false
+		if ok && !rebound && !stale && !g.relayAlive(ctx, cur) {
+			t.mu.Lock()
+			t.selfFails++
+			dead = t.selfFails >= 1 // ten checks in a second went unanswered
+			t.mu.Unlock()
+			if dead {
+				g.log.Warn("relay allocation stopped answering (relay restarted?); allocating again", "relay", relay.Addr, "relayed", cur)
+			}
+		}
+		if relay != nil && (!ok || rebound || stale || dead) {
 			actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			addr, err := bind.Allocate(actx, nat.RelayConfig{
 				Server: relay.Addr, Username: relay.Username, Password: relay.Password, Realm: relay.Realm,
@@ -338,7 +376,7 @@ func (g *Gateway) refreshPaths(ctx context.Context) {
 				g.log.Info("relay allocation ready", "relay", relay.Addr, "relayed", addr)
 			}
 			t.mu.Lock()
-			t.relayed, t.relayExp = addr, relay.ExpiresAt
+			t.relayed, t.relayExp, t.selfFails = addr, relay.ExpiresAt, 0
 			t.mu.Unlock()
 		}
 	}
@@ -349,7 +387,7 @@ func (g *Gateway) refreshPaths(ctx context.Context) {
 	for _, gr := range g.table.Grants() {
 		addrs = append(addrs, publicCandidates(gr.ClientCandidates)...)
 	}
-	g.permit(addrs)
+	g.permit(ctx, addrs)
 
 	cands := g.candidates()
 	t.mu.Lock()
@@ -365,6 +403,33 @@ func (g *Gateway) refreshPaths(ctx context.Context) {
 			g.log.Info("candidates updated", "candidates", cands)
 		}
 	}
+}
+
+// relayAlive checks the allocation end to end: a connectivity check from
+// the WireGuard socket to its own relayed address must come back through
+// the relay. A relay that restarted has forgotten the allocation while the
+// TURN client would notice only at its next refresh, minutes later.
+func (g *Gateway) relayAlive(ctx context.Context, relayed netip.AddrPort) bool {
+	t := g.trav
+	t.mu.Lock()
+	srflx := t.srflx
+	t.mu.Unlock()
+	if !srflx.IsValid() || relayed.Addr().IsLoopback() {
+		return true // nothing to check from (a relay on loopback refuses its own host)
+	}
+	bind := g.net.Bind()
+	cctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := bind.Permit(cctx, srflx.Addr()); err != nil {
+		return ctx.Err() != nil
+	}
+	_, err := bind.Check(cctx, relayed, t.selfUser, t.selfKey, nil)
+	if err == nil {
+		t.mu.Lock()
+		t.selfFails = 0
+		t.mu.Unlock()
+	}
+	return err == nil || ctx.Err() != nil
 }
 
 // peerReportLoop sends the per-peer paths to the controller.

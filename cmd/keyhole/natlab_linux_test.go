@@ -56,6 +56,49 @@ type natLab struct {
 	sawMarker atomic.Int64
 	relayAddr netip.AddrPort
 	dataDir   string // the controller's
+
+	cfg      controller.Config
+	ctrlStop context.CancelFunc
+	ctrlDone chan struct{}
+}
+
+// startController runs the controller (and its relay) in the internet
+// namespace.
+func (nl *natLab) startController() {
+	t := nl.t
+	t.Helper()
+	ctx, cancel := context.WithCancel(nl.ctx)
+	if err := nl.Run(lab.Internet, func() error {
+		var err error
+		if nl.ctrl, err = controller.New(ctx, nl.cfg); err != nil {
+			return err
+		}
+		_, err = nl.ctrl.Listen()
+		return err
+	}); err != nil {
+		cancel()
+		t.Fatalf("controller: %v", err)
+	}
+	done := make(chan struct{})
+	ctrl := nl.ctrl
+	go func() {
+		defer close(done)
+		if err := ctrl.Run(ctx); err != nil {
+			t.Errorf("controller: %v", err)
+		}
+	}()
+	nl.ctrlStop, nl.ctrlDone = cancel, done
+}
+
+// stopController stops the controller and its relay and waits for them.
+func (nl *natLab) stopController() {
+	if nl.ctrlStop == nil {
+		return
+	}
+	nl.ctrlStop()
+	<-nl.ctrlDone
+	nl.ctrl.Close()
+	nl.ctrlStop = nil
 }
 
 type natLabOpts struct {
@@ -136,28 +179,11 @@ func newNATLab(t *testing.T, o natLabOpts) *natLab {
 		cfg.RelayAddr = l.StartCoturn(t, lab.Internet2, secret)
 		cfg.RelaySecret = []byte(secret)
 	}
-	if err := l.Run(lab.Internet, func() error {
-		var err error
-		if nl.ctrl, err = controller.New(ctx, cfg); err != nil {
-			return err
-		}
-		_, err = nl.ctrl.Listen()
-		return err
-	}); err != nil {
-		cancel()
-		t.Fatalf("controller: %v", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := nl.ctrl.Run(ctx); err != nil {
-			t.Errorf("controller: %v", err)
-		}
-	}()
+	nl.cfg = cfg
+	nl.startController()
 	t.Cleanup(func() {
+		nl.stopController()
 		cancel()
-		<-done
-		nl.ctrl.Close()
 	})
 	nl.url = "https://" + cfg.Listen
 	nl.dataDir = cfg.DataDir

@@ -389,3 +389,45 @@ func TestLabCoturn(t *testing.T) {
 		t.Error("the embedded relay runs although coturn was configured")
 	}
 }
+
+// TestLabRelayRestart: the controller and its embedded relay restart under
+// a relayed stream (an upgrade, say). The relay has forgotten every
+// allocation; the gateway notices with its self-check, allocates again and
+// advertises the new relayed address, the client re-selects its path, and
+// the stream carries on.
+func TestLabRelayRestart(t *testing.T) {
+	nl := newNATLab(t, natLabOpts{lab: lab.Config{Home: lab.NAT{Mode: lab.Symmetric}, Site: lab.NAT{Mode: lab.Symmetric}}})
+	gw := nl.startGateway()
+	dir := nl.loginClient()
+	_, addr := nl.connect(dir, lab.AppName+":7", 18007)
+	s := nl.openStream(addr)
+	nl.waitPath(dir, api.PathRelayed, 10*time.Second)
+	before := nl.relayCandidate()
+	nl.stopController()
+	nl.startController()
+	for i := range 3 {
+		if err := s.echo(fmt.Sprintf("after restart %d", i), 60*time.Second); err != nil {
+			t.Fatalf("stream after the relay restarted: %v", err)
+		}
+	}
+	if now := nl.relayCandidate(); now == before {
+		t.Errorf("relay candidate still %v: the gateway did not allocate again", now)
+	}
+	if !strings.Contains(gw.log.String(), "relay allocation stopped answering") {
+		t.Error("the gateway did not log the lost allocation")
+	}
+}
+
+// relayCandidate returns the gateway's advertised relayed address.
+func (nl *natLab) relayCandidate() netip.AddrPort {
+	gs, err := nl.admin.Gateways(nl.ctx)
+	if err != nil || len(gs) == 0 {
+		return netip.AddrPort{}
+	}
+	for _, c := range gs[0].Candidates {
+		if c.Type == api.CandidateRelay {
+			return c.Addr
+		}
+	}
+	return netip.AddrPort{}
+}

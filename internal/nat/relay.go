@@ -300,8 +300,11 @@ func (b *Bind) Relayed() (netip.AddrPort, bool) {
 }
 
 // Permit asks the relay to let packets from peers in (TURN permissions are
-// per IP address and last 5 minutes; call again to refresh).
-func (b *Bind) Permit(peers ...netip.Addr) error {
+// per IP address and last 5 minutes; call again to refresh). It gives up
+// when ctx ends; the request itself may retransmit a little longer in the
+// background (some relays never answer a request for an allocation they
+// lost), until the TURN client gives up or the allocation is released.
+func (b *Bind) Permit(ctx context.Context, peers ...netip.Addr) error {
 	rs := b.relay.Load()
 	if rs == nil || rs.conn == nil {
 		return ErrNoRelay
@@ -315,13 +318,27 @@ func (b *Bind) Permit(peers ...netip.Addr) error {
 	if len(addrs) == 0 {
 		return nil
 	}
-	var err error
-	for range 2 { // a stale nonce fails the first try; pion then has the new one
-		if err = rs.client.CreatePermission(addrs...); err == nil {
-			return nil
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for range 2 { // a stale nonce fails the first try; pion then has the new one
+			if err = rs.client.CreatePermission(addrs...); err == nil {
+				break
+			}
 		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("relay %s: permission: %w", rs.server, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("relay %s: permission: %w", rs.server, ctx.Err())
+	case <-rs.done:
+		return fmt.Errorf("relay %s: permission: %w", rs.server, net.ErrClosed)
 	}
-	return fmt.Errorf("relay %s: permission: %w", rs.server, err)
 }
 
 // Release gives the allocation back (best effort) and stops its reader.
@@ -355,7 +372,13 @@ func (b *Bind) readRelay(rs *relayState) {
 		}
 		ap := ua.AddrPort()
 		peer := netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		if b.answer(buf[:n], peer, true, func(p []byte) { _, _ = rs.conn.WriteTo(p, ua) }) {
+		// The answer takes sendMu: inside a sendRelay batch it would be
+		// the last ChannelData the batch learns its peer's channel from.
+		if b.answer(buf[:n], peer, true, func(p []byte) {
+			rs.sendMu.Lock()
+			defer rs.sendMu.Unlock()
+			_, _ = rs.conn.WriteTo(p, ua)
+		}) {
 			b.pool.Put(buf)
 			continue
 		}
@@ -410,6 +433,35 @@ func (b *Bind) relayEndpoint(peer netip.AddrPort) *RelayEndpoint {
 	return e
 }
 
+// channelLookup is what pion's relayed connection offers to map a channel
+// number back to its peer.
+type channelLookup interface {
+	FindAddrByChannelNumber(chNum uint16) (net.Addr, bool)
+}
+
+// peerChannel returns ch if the TURN client has it bound to e's peer, else
+// 0. The last ChannelData the socket saw may belong to another peer: a
+// write from another goroutine can slip in between.
+func (rs *relayState) peerChannel(ch uint16, e *RelayEndpoint) uint16 {
+	if ch == 0 {
+		return 0
+	}
+	cl, ok := rs.conn.(channelLookup)
+	if !ok {
+		return 0
+	}
+	a, ok := cl.FindAddrByChannelNumber(ch)
+	ua, _ := a.(*net.UDPAddr)
+	if !ok || ua == nil {
+		return 0
+	}
+	ap := ua.AddrPort()
+	if netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) != e.Peer {
+		return 0
+	}
+	return ch
+}
+
 // sendRelay sends bufs to a relayed peer.
 func (b *Bind) sendRelay(bufs [][]byte, e *RelayEndpoint) error {
 	rs := b.relay.Load()
@@ -435,7 +487,7 @@ func (b *Bind) sendRelay(bufs [][]byte, e *RelayEndpoint) error {
 			werr = fmt.Errorf("relay %s: send to %s: %w", rs.server, e.Peer, err)
 			break
 		}
-		ch = rs.sock.takeChannel()
+		ch = rs.peerChannel(rs.sock.takeChannel(), e)
 	}
 	if err := rs.sock.endBatch(); err != nil && werr == nil {
 		werr = fmt.Errorf("relay %s: send to %s: %w", rs.server, e.Peer, err)

@@ -120,7 +120,7 @@ func TestRelayedWireGuard(t *testing.T) {
 	if got, ok := gw.bind.Relayed(); !ok || got != relayed {
 		t.Fatalf("Relayed() = %v %v, want %v", got, ok, relayed)
 	}
-	if err := gw.bind.Permit(netip.MustParseAddr("127.0.0.1")); err != nil {
+	if err := gw.bind.Permit(ctx, netip.MustParseAddr("127.0.0.1")); err != nil {
 		t.Fatalf("permit: %v", err)
 	}
 	key := []byte("0123456789abcdef")

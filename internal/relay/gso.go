@@ -94,23 +94,27 @@ func (q *writeQueue) queue(p []byte, to netip.AddrPort) bool {
 	return true
 }
 
-// flush sends what is queued: runs to one peer of one size (the last may
-// be shorter) coalesce into a GSO send.
+// flush sends what is queued: runs to one peer of one non-zero size (the
+// last may be shorter) coalesce into a GSO send. A send the kernel refuses
+// is retried datagram by datagram; a datagram that still cannot be sent is
+// dropped, as the network would drop it. Nothing is sent twice.
 func (q *writeQueue) flush() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if len(q.pkts) == 0 {
 		return
 	}
+	type span struct{ from, to int } // the datagrams of one message
 	msgs := make([]ipv4.Message, 0, len(q.pkts))
+	spans := make([]span, 0, len(q.pkts))
 	var used [][]byte // GSO buffers of this flush
 	for i := 0; i < len(q.pkts); {
 		p := q.pkts[i]
 		j := i + 1
-		if q.gso {
+		if q.gso && len(p.buf) > 0 {
 			size, total := len(p.buf), len(p.buf)
 			for j < len(q.pkts) && j-i < maxGSOSegments && q.pkts[j].to == p.to &&
-				len(q.pkts[j].buf) <= size && total+len(q.pkts[j].buf) <= maxGSOBytes {
+				len(q.pkts[j].buf) > 0 && len(q.pkts[j].buf) <= size && total+len(q.pkts[j].buf) <= maxGSOBytes {
 				total += len(q.pkts[j].buf)
 				j++
 				if len(q.pkts[j-1].buf) < size {
@@ -136,16 +140,31 @@ func (q *writeQueue) flush() {
 			m.OOB = gsoControl(len(p.buf))
 		}
 		msgs = append(msgs, m)
+		spans = append(spans, span{i, j})
 		i = j
 	}
-	if err := q.writeAll(msgs); err != nil && q.gso && gsoUnsupported(err) {
-		// The socket does not do GSO after all: resend one by one.
-		q.gso = false
-		msgs = msgs[:0]
-		for _, p := range q.pkts {
-			msgs = append(msgs, ipv4.Message{Addr: net.UDPAddrFromAddrPort(p.to), Buffers: [][]byte{p.buf}})
+	for k := 0; k < len(msgs); {
+		n, err := q.pc.WriteBatch(msgs[k:], 0)
+		if n > 0 {
+			k += n
+			continue
 		}
-		_ = q.writeAll(msgs)
+		if err == nil {
+			k++ // nothing sent and no reason given: drop it rather than spin
+			continue
+		}
+		// msgs[k] failed. A GSO message is resent datagram by datagram
+		// (and GSO turned off if the socket cannot do it at all); a
+		// single datagram is dropped.
+		if sp := spans[k]; sp.to-sp.from > 1 {
+			if gsoUnsupported(err) {
+				q.gso = false
+			}
+			for _, p := range q.pkts[sp.from:sp.to] {
+				_, _ = q.pc.WriteBatch([]ipv4.Message{{Addr: net.UDPAddrFromAddrPort(p.to), Buffers: [][]byte{p.buf}}}, 0)
+			}
+		}
+		k++
 	}
 	for _, p := range q.pkts {
 		q.bufs = append(q.bufs, p.buf)
@@ -153,22 +172,4 @@ func (q *writeQueue) flush() {
 	q.joined = append(q.joined, used...)
 	clear(q.pkts)
 	q.pkts = q.pkts[:0]
-}
-
-// writeAll sends msgs with sendmmsg until all are sent or one fails; a
-// datagram that cannot be sent is dropped, as the network would.
-func (q *writeQueue) writeAll(msgs []ipv4.Message) error {
-	for len(msgs) > 0 {
-		n, err := q.pc.WriteBatch(msgs, 0)
-		if err != nil {
-			if n <= 0 {
-				return err
-			}
-		}
-		if n <= 0 {
-			n = 1
-		}
-		msgs = msgs[n:]
-	}
-	return nil
 }
