@@ -27,7 +27,7 @@ type Config struct {
 	DataDir string
 	// NoRenew turns grant renewal off (grants then end at their NotAfter).
 	NoRenew bool
-	// MTU of the tunnel (0: 1420).
+	// MTU of the tunnel (0: wg.DefaultMTU, 1416).
 	MTU int
 	// HostAddrs are the local addresses advertised as host candidates,
 	// with the WireGuard port (default: the interfaces' IPv4 addresses,

@@ -47,7 +47,7 @@ type Config struct {
 	// with the WireGuard port (default: the interfaces' IPv4 addresses,
 	// loopback excluded).
 	HostAddrs []netip.Addr
-	// MTU of the tunnel (0: 1420).
+	// MTU of the tunnel (0: wg.DefaultMTU, 1416).
 	MTU int
 	// DialTimeout bounds dialling an app (default 5s).
 	DialTimeout time.Duration

@@ -52,8 +52,10 @@ import (
 
 const (
 	// DefaultMTU is the inner MTU when Config.MTU is zero: 1500 minus the
-	// IPv6 (40), UDP (8) and WireGuard (32) overhead, as wg-quick uses.
-	DefaultMTU = 1420
+	// IPv6 (40), UDP (8) and WireGuard (32) overhead, as wg-quick uses,
+	// and minus the 4 bytes of TURN ChannelData framing, so that a relayed
+	// path over IPv6 does not fragment either (DESIGN.md §6).
+	DefaultMTU = 1416
 
 	nicID = 1
 
