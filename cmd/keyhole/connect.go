@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -29,6 +30,15 @@ Without :PORT the app's first TCP port is used.`,
 			dest, port, err := client.ParseTarget(args[0])
 			if err != nil {
 				return err
+			}
+			// A running agent (keyhole up) holds the tunnel: ask it.
+			if resp, err := client.Control(cmd.Context(), cfg.DataDir, client.ControlRequest{Op: client.OpConnect, Target: args[0], Listen: listen}); err == nil {
+				f := resp.Forward
+				fmt.Fprintf(c.stdout, "Forwarding %s → %s through the running agent (grant %s until %s); keyhole down stops it.\n",
+					f.Listen, f.Target, f.Grant.ID, f.Grant.NotAfter.Local().Format("15:04:05"))
+				return nil
+			} else if !errors.Is(err, client.ErrNoAgent) {
+				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			cfg.Logger = c.log.With("role", "client")
 			cl, err := client.New(cfg)
@@ -72,21 +82,42 @@ func (c *cli) upCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
-		Short: "Run the client agent: a SOCKS5 proxy that requests grants on demand",
-		Args:  cobra.NoArgs,
+		Short: "Run the client agent: a SOCKS5 proxy that requests grants on demand, and a control socket",
+		Long: `Run the client as a long-lived agent: a SOCKS5 proxy that requests a grant
+on the first use of each app, and a control socket (DATA/agent.sock, owner
+only) through which keyhole status, connect, down and logout talk to it.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := client.Control(cmd.Context(), cfg.DataDir, client.ControlRequest{Op: client.OpStatus}); err == nil {
+				return fmt.Errorf("an agent is already running for %s (keyhole down stops it)", cfg.DataDir)
+			}
 			cfg.Logger = c.log.With("role", "client")
 			cl, err := client.New(cfg)
 			if err != nil {
 				return err
 			}
 			return runClient(cmd.Context(), cl, func(ctx context.Context) error {
-				return forwardAndReport(func(ready chan<- net.Addr) error {
+				ctx, stop := context.WithCancel(ctx)
+				defer stop()
+				ctlErr := make(chan error, 1)
+				go func() {
+					err := cl.ServeControl(ctx, stop)
+					if err != nil {
+						stop() // no control socket, no agent
+					}
+					ctlErr <- err
+				}()
+				err := forwardAndReport(func(ready chan<- net.Addr) error {
 					return cl.ServeSOCKS(ctx, listen, ready)
 				}, func(a net.Addr) {
 					fmt.Fprintf(c.stdout, "SOCKS5 proxy on %s for %s; each app is granted on first use.\n", a, cl.Profile().User)
 					fmt.Fprintf(c.stdout, "Try: curl --socks5-hostname %s http://APP-DOMAIN:PORT/\n", a)
 				})
+				stop()
+				if cerr := <-ctlErr; cerr != nil {
+					return cerr
+				}
+				return err
 			})
 		},
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -61,6 +62,10 @@ func (c *cli) logoutCmd() *cobra.Command {
 			p, err := client.LoadProfile(dir)
 			if err != nil {
 				return err
+			}
+			// A running agent would keep using the session: stop it first.
+			if err := stopAgent(cmd.Context(), dir); err != nil && !errors.Is(err, client.ErrNoAgent) {
+				return fmt.Errorf("stopping the agent before logout: %w", err)
 			}
 			if err := client.Logout(cmd.Context(), dir); err != nil {
 				return err

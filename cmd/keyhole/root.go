@@ -60,6 +60,7 @@ KEYHOLE_CA_FINGERPRINT, KEYHOLE_DATA, …), then the YAML file named by
 		c.loginCmd(),
 		c.connectCmd(),
 		c.upCmd(),
+		c.downCmd(),
 		c.statusCmd(),
 		c.logoutCmd(),
 		c.adminCmd(),

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,8 +27,10 @@ type statusReport struct {
 	CertificateExpiresAt time.Time `json:"certificate_expires_at,omitzero"`
 	// Running is true when a client (connect or up) is running on this
 	// data directory; Client is then its own report.
-	Running bool           `json:"running"`
-	Client  *client.Status `json:"client,omitempty"`
+	Running bool `json:"running"`
+	// Agent says a `keyhole up` agent answered on its control socket.
+	Agent  bool           `json:"agent,omitempty"`
+	Client *client.Status `json:"client,omitempty"`
 }
 
 func (c *cli) statusCmd() *cobra.Command {
@@ -71,7 +74,11 @@ func readStatus(dir string) (*statusReport, error) {
 	if creds, err := trust.LoadCredentials(dir); err == nil {
 		rep.CertificateExpiresAt = creds.Cert.NotAfter.UTC()
 	}
-	if st, err := client.ReadStatus(dir); err == nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if resp, err := client.Control(ctx, dir, client.ControlRequest{Op: client.OpStatus}); err == nil && resp.Status != nil {
+		rep.Running, rep.Agent, rep.Client = true, true, resp.Status
+	} else if st, err := client.ReadStatus(dir); err == nil {
 		rep.Running = true
 		rep.Client = st
 	}
@@ -95,7 +102,9 @@ func printStatus(w io.Writer, rep *statusReport) error {
 		fmt.Fprintf(tw, "Session:\tlogged out (keyhole login to start one)\n")
 	}
 	fmt.Fprintf(tw, "Certificate:\texpires %s\n", fmtTime(rep.CertificateExpiresAt))
-	if rep.Running {
+	if rep.Running && rep.Agent {
+		fmt.Fprintf(tw, "Client:\tagent running (pid %d; control socket %s)\n", rep.Client.PID, client.ControlPath(rep.DataDir))
+	} else if rep.Running {
 		fmt.Fprintf(tw, "Client:\trunning (pid %d)\n", rep.Client.PID)
 	} else {
 		fmt.Fprintf(tw, "Client:\tnot running (keyhole connect or keyhole up starts one)\n")
@@ -162,4 +171,42 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func (c *cli) downCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Stop the running agent (keyhole up); its grants are released",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := stopAgent(cmd.Context(), dir); err != nil {
+				return err
+			}
+			fmt.Fprintln(c.stdout, "Agent stopped; its grants are released.")
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "data", defaultDataDir(""), "client data directory")
+	return cmd
+}
+
+// stopAgent asks the agent for dir to stop and waits (up to 15 s) until its
+// control socket is gone.
+func stopAgent(ctx context.Context, dir string) error {
+	if _, err := client.Control(ctx, dir, client.ControlRequest{Op: client.OpDown}); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := client.Control(ctx, dir, client.ControlRequest{Op: client.OpStatus}); errors.Is(err, client.ErrNoAgent) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return errors.New("the agent did not stop within 15 s")
 }
