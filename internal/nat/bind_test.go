@@ -3,20 +3,16 @@ package nat
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/pion/stun/v3"
-	"golang.org/x/crypto/curve25519"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
@@ -198,37 +194,9 @@ type node struct {
 
 func newNode(t *testing.T) *node {
 	t.Helper()
-	n := &node{tun: tuntest.NewChannelTUN(), bind: NewBind(conn.NewStdNetBind())}
-	rand.Read(n.priv[:])
-	pub, err := curve25519.X25519(n.priv[:], curve25519.Basepoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	copy(n.pub[:], pub)
-	n.dev = device.NewDevice(n.tun.TUN(), n.bind, device.NewLogger(device.LogLevelError, t.Name()+": "))
-	t.Cleanup(n.dev.Close)
-	if err := n.dev.IpcSet("private_key=" + hex.EncodeToString(n.priv[:]) + "\nlisten_port=0\n"); err != nil {
-		t.Fatal(err)
-	}
-	if err := n.dev.Up(); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := n.dev.IpcGet()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.Lines(cfg) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "listen_port="); ok {
-			p, err := strconv.ParseUint(v, 10, 16)
-			if err != nil {
-				t.Fatal(err)
-			}
-			n.port = uint16(p)
-		}
-	}
-	if n.port == 0 {
-		t.Fatalf("no listen port in %q", cfg)
-	}
+	tn := tuntest.NewChannelTUN()
+	n := startDevice(t, tn.TUN(), conn.NewStdNetBind())
+	n.tun = tn
 	return n
 }
 
@@ -311,25 +279,11 @@ func (f *fakeSTUN) nextRequest(t *testing.T) [stunTxIDSize]byte {
 }
 
 // TestSharedSocket runs WireGuard between two devices while both learn
-// their reflexive address over the same sockets, from a real Server and
-// from a scripted one that also sends spoofed responses.
+// their reflexive address over the same sockets, from a real STUN server
+// (pion's, as the relay runs it) and from a scripted one that also sends
+// spoofed responses.
 func TestSharedSocket(t *testing.T) {
-	srvConn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srvConn.Close()
-	srv := NewServer(srvConn, nil)
-	ctx, cancel := context.WithCancel(t.Context())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
-	srvAddr := srvConn.LocalAddr().(*net.UDPAddr).AddrPort()
+	srvAddr := startTURN(t, 0)
 
 	a, b := newNode(t), newNode(t)
 	addrA, addrB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")

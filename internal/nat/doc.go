@@ -1,16 +1,18 @@
-// Package nat lets one WireGuard UDP socket also carry STUN, so a node can
-// learn its server-reflexive (public) address from the very socket its peers
-// must reach (DESIGN.md §6–7).
+// Package nat lets one WireGuard UDP socket carry everything a node behind a
+// NAT needs (DESIGN.md §6–7): STUN, to learn its server-reflexive (public)
+// address from the very socket its peers must reach; connectivity checks,
+// authenticated per grant, that punch holes and pick a path; and a TURN
+// allocation, through which peers that cannot reach it directly arrive.
 //
-// It holds three things: [Classify], a pure classifier that tells WireGuard
-// from STUN datagrams; [Bind], a [conn.Bind] wrapper that takes STUN responses
-// to our own outstanding transactions out of wireguard-go's receive batches
-// and answers [Bind.Reflexive]; and [Server], a minimal STUN Binding server
-// for the controller.
+// It holds [Classify], a pure classifier that tells WireGuard from STUN
+// datagrams, and [Bind], a [conn.Bind] wrapper that takes STUN responses to
+// its own transactions, connectivity checks and TURN traffic out of
+// wireguard-go's receive batches ([Bind.Reflexive], [Bind.Check],
+// [Bind.Allocate]). Relayed peers reach wireguard-go as [RelayEndpoint]s.
 //
-// What does not live here: candidate exchange, hole punching and TURN relays
-// (they build on this package), and anything from internal/api — the data
-// plane never sees wire structs.
+// What does not live here: deciding which candidate to use (the client),
+// when to punch (the gateway), the relay server (internal/relay), and
+// anything from internal/api — the data plane never sees wire structs.
 package nat
 
 import "golang.zx2c4.com/wireguard/conn"

@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -16,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pion/turn/v4"
 	"golang.org/x/crypto/curve25519"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -126,37 +124,6 @@ func startDevice(t *testing.T, tdev tun.Device, inner conn.Bind) *node {
 	return n
 }
 
-// startBufferedTURN is startTURN with large socket buffers, so that a
-// burst waiting in the server's socket is not dropped by the kernel.
-func startBufferedTURN(t *testing.T) netip.AddrPort {
-	t.Helper()
-	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := pc.SetReadBuffer(8 << 20); err != nil {
-		t.Fatal(err)
-	}
-	key := turn.GenerateAuthKey("gw", "keyhole", "secret")
-	s, err := turn.NewServer(turn.ServerConfig{
-		Realm: "keyhole",
-		AuthHandler: func(u, _ string, _ net.Addr) ([]byte, bool) {
-			return key, u == "gw"
-		},
-		PacketConnConfigs: []turn.PacketConnConfig{{
-			PacketConn: pc,
-			RelayAddressGenerator: &turn.RelayAddressGeneratorStatic{
-				RelayAddress: net.IPv4(127, 0, 0, 1), Address: "127.0.0.1",
-			},
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
-}
-
 // ipv4UDP returns an IPv4/UDP packet of size bytes from src to dst whose
 // payload starts with seq.
 func ipv4UDP(src, dst netip.Addr, seq uint32, size int) []byte {
@@ -191,7 +158,7 @@ func ipv4UDP(src, dst netip.Addr, seq uint32, size int) []byte {
 // the Bind sent to the TURN server must be well-formed ChannelData.
 func TestRelayedThroughput(t *testing.T) {
 	const total = 2000
-	server := startBufferedTURN(t)
+	server := startTURN(t, 8<<20) // a burst waiting in its socket must not be dropped
 	gwTUN := newBatchTUN()
 	gwInner := &recordingBind{Bind: conn.NewStdNetBind()}
 	gw := startDevice(t, gwTUN, gwInner)

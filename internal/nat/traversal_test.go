@@ -109,7 +109,7 @@ func TestCandidatesAttribute(t *testing.T) {
 // ways through the relay, the answering node sees a relayed endpoint, and
 // connectivity checks work through the relay too.
 func TestRelayedWireGuard(t *testing.T) {
-	server := startTURN(t)
+	server := startTURN(t, 0)
 	gw, cl := newNode(t), newNode(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -163,7 +163,7 @@ func TestRelayedWireGuard(t *testing.T) {
 
 // TestAllocateRefused: bad credentials fail the allocation, with no hang.
 func TestAllocateRefused(t *testing.T) {
-	server := startTURN(t)
+	server := startTURN(t, 0)
 	n := newNode(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -175,12 +175,18 @@ func TestAllocateRefused(t *testing.T) {
 	}
 }
 
-// startTURN runs a pion TURN server on loopback with user "gw"/"secret".
-func startTURN(t *testing.T) netip.AddrPort {
+// startTURN runs a pion TURN server on loopback with user "gw"/"secret";
+// readBuffer, if not zero, sizes its socket's receive buffer.
+func startTURN(t *testing.T, readBuffer int) netip.AddrPort {
 	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if readBuffer > 0 {
+		if err := pc.SetReadBuffer(readBuffer); err != nil {
+			t.Fatal(err)
+		}
 	}
 	key := turn.GenerateAuthKey("gw", "keyhole", "secret")
 	s, err := turn.NewServer(turn.ServerConfig{
