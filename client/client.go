@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/nat"
 	"github.com/keyhole-net/keyhole/internal/trust"
 	"github.com/keyhole-net/keyhole/internal/wg"
 )
@@ -47,13 +48,14 @@ type Client struct {
 	net  *wg.Net
 	sf   singleflight.Group
 
-	mu       sync.Mutex // guards grants, byDest, peers, idle, paths, srflx, stun
+	mu       sync.Mutex // guards grants, byDest, peers, idle, paths, srflx, ifaddrs, stun
 	grants   map[api.GrantID]*liveGrant
 	byDest   map[string]*liveGrant // request string ("wiki", "wiki.corp.internal") → grant
 	peers    map[api.GatewayID]api.Peer
 	idle     map[api.GatewayID]time.Time // peers with no grant left, since when
 	paths    map[api.GatewayID]*path
 	srflx    netip.AddrPort // our public address, as the STUN server saw it
+	ifaddrs  []netip.Addr   // the interfaces' addresses, refreshed with srflx
 	stun     netip.AddrPort // STUN server from the latest grant
 	renewNow chan struct{}
 }
@@ -100,6 +102,7 @@ func New(cfg Config) (*Client, error) {
 		peers:    make(map[api.GatewayID]api.Peer),
 		idle:     make(map[api.GatewayID]time.Time),
 		paths:    make(map[api.GatewayID]*path),
+		ifaddrs:  nat.InterfaceAddrs(),
 		renewNow: make(chan struct{}, 1),
 	}, nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -71,17 +70,14 @@ func (c *Client) candidates() []nat.Candidate {
 	if len(hosts) > 0 {
 		return out
 	}
-	addrs, _ := net.InterfaceAddrs()
-	for _, a := range addrs {
+	c.mu.Lock()
+	ifaddrs := c.ifaddrs
+	c.mu.Unlock()
+	for _, ip := range ifaddrs {
 		if len(out) == nat.MaxCandidates {
 			break
 		}
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			ip := p.Addr().Unmap()
-			if ip.Is4() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() {
-				out = append(out, nat.Candidate{Kind: nat.Host, Addr: netip.AddrPortFrom(ip, port)})
-			}
-		}
+		out = append(out, nat.Candidate{Kind: nat.Host, Addr: netip.AddrPortFrom(ip, port)})
 	}
 	return out
 }
@@ -115,8 +111,14 @@ func natCandidates(cs []api.Candidate) []nat.Candidate {
 	return out
 }
 
-// learnReflexive asks the STUN server for our public address.
+// learnReflexive asks the STUN server for our public address, and takes
+// a fresh look at the interfaces' addresses (candidates() is called for
+// every check answered, so it uses this copy).
 func (c *Client) learnReflexive(ctx context.Context) {
+	ifaddrs := nat.InterfaceAddrs()
+	c.mu.Lock()
+	c.ifaddrs = ifaddrs
+	c.mu.Unlock()
 	stun := c.stunServer()
 	if !stun.IsValid() {
 		return

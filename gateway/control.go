@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/keyhole-net/keyhole/internal/api"
 	"github.com/keyhole-net/keyhole/internal/key"
+	"github.com/keyhole-net/keyhole/internal/nat"
 	"github.com/keyhole-net/keyhole/internal/trust"
 	"github.com/keyhole-net/keyhole/internal/wg"
 )
@@ -91,14 +91,11 @@ func (g *Gateway) endpoints() []netip.AddrPort {
 		return eps
 	}
 	eps := []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)}
-	addrs, _ := net.InterfaceAddrs()
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			ip := p.Addr()
-			if ip.Is4() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() && len(eps) < 16 {
-				eps = append(eps, netip.AddrPortFrom(ip, port))
-			}
+	for _, ip := range nat.InterfaceAddrs() {
+		if len(eps) == 16 {
+			break
 		}
+		eps = append(eps, netip.AddrPortFrom(ip, port))
 	}
 	return eps
 }
