@@ -401,9 +401,13 @@ func (b *Bind) relayReceive(done <-chan struct{}) conn.ReceiveFunc {
 			return 0, net.ErrClosed
 		}
 		n := 0
+		var last *RelayEndpoint // a batch usually comes from one peer
 		for {
 			sizes[n] = copy(packets[n], p.buf[:p.n])
-			eps[n] = b.relayEndpoint(p.from)
+			if last == nil || last.Peer != p.from {
+				last = b.relayEndpoint(p.from)
+			}
+			eps[n] = last
 			b.pool.Put(p.buf)
 			n++
 			if n == len(packets) {
