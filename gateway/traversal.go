@@ -26,6 +26,9 @@ const (
 	punchEvery = 500 * time.Millisecond
 	// maxPunches bounds concurrent punch rounds.
 	maxPunches = 32
+	// permitRefresh is how often every live grant's relay permission is
+	// renewed (they last five minutes).
+	permitRefresh = 2 * time.Minute
 	// permitTimeout bounds one permission request to the relay.
 	permitTimeout = 2 * time.Second
 	// peerReportInterval is how often per-peer paths go to the controller.
@@ -47,6 +50,10 @@ type traversal struct {
 	advertised []api.Candidate
 	lastPunch  map[api.GrantID]time.Time
 	selfFails  int // consecutive failed self-checks of the allocation
+	// permittedAt and permittedFor: when, and for which allocation, the
+	// permissions of all live grants were last refreshed.
+	permittedAt  time.Time
+	permittedFor netip.AddrPort
 
 	// selfUser and selfKey authenticate the gateway's checks of its own
 	// relayed address (see relayAlive).
@@ -382,12 +389,21 @@ func (g *Gateway) refreshPaths(ctx context.Context) {
 	}
 
 	// Refresh the relay permissions of every live grant's client: they
-	// last five minutes at the relay.
-	var addrs []netip.AddrPort
-	for _, gr := range g.table.Grants() {
-		addrs = append(addrs, publicCandidates(gr.ClientCandidates)...)
+	// last five minutes at the relay, and a new allocation has none.
+	t.mu.Lock()
+	relayedNow := t.relayed
+	due := time.Since(t.permittedAt) >= permitRefresh || relayedNow != t.permittedFor
+	t.mu.Unlock()
+	if due && relayedNow.IsValid() {
+		var addrs []netip.AddrPort
+		for _, gr := range g.table.Grants() {
+			addrs = append(addrs, publicCandidates(gr.ClientCandidates)...)
+		}
+		g.permit(ctx, addrs)
+		t.mu.Lock()
+		t.permittedAt, t.permittedFor = time.Now(), relayedNow
+		t.mu.Unlock()
 	}
-	g.permit(ctx, addrs)
 
 	cands := g.candidates()
 	t.mu.Lock()
