@@ -19,7 +19,6 @@
 package wg
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -27,7 +26,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,9 +33,6 @@ import (
 	"time"
 
 	"github.com/keyhole-net/keyhole/internal/key"
-	"github.com/keyhole-net/keyhole/internal/nat"
-	"golang.zx2c4.com/wireguard/conn"
-	"golang.zx2c4.com/wireguard/device"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -128,9 +123,7 @@ type Net struct {
 	log   *slog.Logger
 	stack *stack.Stack
 	ep    *linkEndpoint
-	dev   *device.Device
-	bind  *nat.Bind
-	port  uint16
+	*wgDevice
 
 	tcpHandler atomic.Pointer[func(*TCPRequest)]
 	udpHandler atomic.Pointer[func(*UDPRequest)]
@@ -174,27 +167,13 @@ func New(cfg Config) (*Net, error) {
 		return nil, fmt.Errorf("wg: new: %w", err)
 	}
 
-	tdev := newTUNDevice(n.ep)
-	n.bind = nat.NewBind(conn.NewDefaultBind())
-	n.dev = device.NewDevice(tdev, n.bind, deviceLogger(log))
-	uapi := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", cfg.PrivateKey.UAPIHex(), cfg.ListenPort)
-	if err := n.dev.IpcSet(uapi); err != nil {
-		n.Close()
-		// Not wrapped: the UAPI error may quote the line it rejected,
-		// and that line holds the private key.
-		return nil, errors.New("wg: new: configure device key and port failed")
-	}
-	if err := n.dev.Up(); err != nil {
-		n.Close()
-		return nil, fmt.Errorf("wg: new: bring device up: %w", err)
-	}
-	port, err := n.readPort()
+	d, err := startDevice(newTUNDevice(n.ep), cfg.PrivateKey, cfg.ListenPort, log)
 	if err != nil {
-		n.Close()
+		n.stack.Destroy()
 		return nil, fmt.Errorf("wg: new: %w", err)
 	}
-	n.port = port
-	log.Debug("wireguard up", "listen_port", port, "mtu", mtu, "forward", cfg.Forward)
+	n.wgDevice = d
+	log.Debug("wireguard up", "listen_port", d.port, "mtu", mtu, "forward", cfg.Forward)
 	return n, nil
 }
 
@@ -286,145 +265,6 @@ func (n *Net) newStack(cfg Config, mtu int) error {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-// readPort asks the device which UDP port its bind got.
-func (n *Net) readPort() (uint16, error) {
-	uapi, err := n.dev.IpcGet()
-	if err != nil {
-		return 0, fmt.Errorf("read listen port: %w", err)
-	}
-	for line := range strings.Lines(uapi) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "listen_port="); ok {
-			p, err := strconv.ParseUint(v, 10, 16)
-			if err != nil {
-				return 0, fmt.Errorf("read listen port %q: %w", v, err)
-			}
-			return uint16(p), nil
-		}
-	}
-	return 0, errors.New("read listen port: device reported none")
-}
-
-// Port returns the bound UDP port.
-func (n *Net) Port() uint16 { return n.port }
-
-// Bind returns the UDP socket layer WireGuard runs on: it also carries STUN
-// queries, connectivity checks and the TURN allocation (package nat).
-func (n *Net) Bind() *nat.Bind { return n.bind }
-
-// UpsertPeer adds the peer or updates it in place. Allowed IPs are
-// replaced; the session (keys, counters, learned endpoint if p.Endpoint is
-// zero) is kept.
-func (n *Net) UpsertPeer(p Peer) error {
-	if p.PublicKey.IsZero() {
-		return errors.New("wg: upsert peer: public key is zero")
-	}
-	if p.PersistentKeepalive < 0 || p.PersistentKeepalive > 65535*time.Second {
-		return fmt.Errorf("wg: upsert peer %s: persistent keepalive %v out of range", p.PublicKey, p.PersistentKeepalive)
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "public_key=%s\n", p.PublicKey.UAPIHex())
-	if p.Endpoint.IsValid() {
-		fmt.Fprintf(&b, "endpoint=%s\n", p.Endpoint)
-	}
-	fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", int(p.PersistentKeepalive/time.Second))
-	b.WriteString("replace_allowed_ips=true\n")
-	for _, pfx := range p.AllowedIPs {
-		if !pfx.IsValid() {
-			return fmt.Errorf("wg: upsert peer %s: invalid allowed IP %v", p.PublicKey, pfx)
-		}
-		fmt.Fprintf(&b, "allowed_ip=%s\n", pfx.Masked())
-	}
-	if err := n.dev.IpcSet(b.String()); err != nil {
-		return fmt.Errorf("wg: upsert peer %s: %w", p.PublicKey, err)
-	}
-	return nil
-}
-
-// RemovePeer removes the peer and its session. Removing an unknown peer is
-// not an error.
-func (n *Net) RemovePeer(pub key.WGPublic) error {
-	if err := n.dev.IpcSet(fmt.Sprintf("public_key=%s\nremove=true\n", pub.UAPIHex())); err != nil {
-		return fmt.Errorf("wg: remove peer %s: %w", pub, err)
-	}
-	return nil
-}
-
-// Peers returns the state of every peer, parsed from the device's UAPI
-// dump (the same data `wg show` prints).
-func (n *Net) Peers() ([]PeerStatus, error) {
-	uapi, err := n.dev.IpcGet()
-	if err != nil {
-		return nil, fmt.Errorf("wg: peers: %w", err)
-	}
-	peers, err := parsePeers(uapi)
-	if err != nil {
-		return nil, fmt.Errorf("wg: peers: %w", err)
-	}
-	return peers, nil
-}
-
-// parsePeers parses a UAPI get=1 response. Interface-level keys (including
-// private_key) come before the first public_key and are skipped.
-func parsePeers(uapi string) ([]PeerStatus, error) {
-	var peers []PeerStatus
-	cur := -1 // index into peers of the peer being parsed
-	var hsSec, hsNsec int64
-	finish := func() {
-		if cur >= 0 && (hsSec != 0 || hsNsec != 0) {
-			peers[cur].LastHandshake = time.Unix(hsSec, hsNsec).UTC()
-		}
-	}
-	sc := bufio.NewScanner(strings.NewReader(uapi))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), "=")
-		if !ok {
-			continue
-		}
-		if k == "public_key" {
-			finish()
-			pub, err := key.ParseWGPublicHex(v)
-			if err != nil {
-				return nil, err
-			}
-			peers = append(peers, PeerStatus{PublicKey: pub})
-			cur = len(peers) - 1
-			hsSec, hsNsec = 0, 0
-			continue
-		}
-		if cur < 0 {
-			continue
-		}
-		p := &peers[cur]
-		var err error
-		switch k {
-		case "endpoint":
-			var ap netip.AddrPort
-			ap, p.Relayed = nat.IsRelayed(v)
-			if !ap.IsValid() {
-				err = fmt.Errorf("invalid endpoint %q", v)
-			}
-			p.Endpoint = ap
-		case "last_handshake_time_sec":
-			hsSec, err = strconv.ParseInt(v, 10, 64)
-		case "last_handshake_time_nsec":
-			hsNsec, err = strconv.ParseInt(v, 10, 64)
-		case "rx_bytes":
-			p.RxBytes, err = strconv.ParseUint(v, 10, 64)
-		case "tx_bytes":
-			p.TxBytes, err = strconv.ParseUint(v, 10, 64)
-		case "allowed_ip":
-			var pfx netip.Prefix
-			pfx, err = netip.ParsePrefix(v)
-			p.AllowedIPs = append(p.AllowedIPs, pfx)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("parse %s: %w", k, err)
-		}
-	}
-	finish()
-	return peers, sc.Err()
-}
 
 // DialContext connects to addr through the tunnel from this node's own
 // address. network is "tcp", "tcp4", "tcp6", "udp", "udp4" or "udp6"; the
@@ -549,7 +389,7 @@ func (n *Net) Close() error {
 			r.release()
 		}
 		n.mu.Unlock()
-		if n.dev != nil {
+		if n.wgDevice != nil {
 			n.dev.Close() // closes the tun side and the UDP socket; waits for its goroutines
 		}
 		n.stack.Destroy() // aborts endpoints, waits for TCP workers, removes the NIC
@@ -557,19 +397,4 @@ func (n *Net) Close() error {
 		n.log.Debug("wireguard closed")
 	})
 	return nil
-}
-
-// deviceLogger bridges wireguard-go's printf logger to slog, at debug level:
-// wireguard-go's "errors" are mostly transient (a peer went away, a send
-// failed) and the caller surfaces what matters through Peers.
-func deviceLogger(l *slog.Logger) *device.Logger {
-	ctx := context.Background()
-	logf := func(level string) func(string, ...any) {
-		return func(format string, args ...any) {
-			if l.Enabled(ctx, slog.LevelDebug) {
-				l.Debug(fmt.Sprintf(format, args...), "component", "wireguard-go", "wg_level", level)
-			}
-		}
-	}
-	return &device.Logger{Verbosef: logf("verbose"), Errorf: logf("error")}
 }
