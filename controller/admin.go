@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/keyhole-net/keyhole/controller/auth"
@@ -130,6 +131,9 @@ func (c *Controller) handleUserUpdate(w http.ResponseWriter, r *http.Request, a 
 	if err := c.reevaluate(r.Context(), "user "+name+" changed", a.actor()); err != nil {
 		return err
 	}
+	if u.Disabled {
+		c.devices.closeUser(u.Name)
+	}
 	writeJSON(w, http.StatusOK, u.User)
 	return nil
 }
@@ -143,6 +147,7 @@ func (c *Controller) handleUserDelete(w http.ResponseWriter, r *http.Request, a 
 	if err := c.reevaluate(r.Context(), "user "+name+" removed", a.actor()); err != nil {
 		return err
 	}
+	c.devices.closeUser(name)
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
@@ -208,6 +213,7 @@ func (c *Controller) handleAppAdd(w http.ResponseWriter, r *http.Request, a admi
 		}
 	}
 	seen := make(map[string]bool)
+	cat := c.catalog.Load()
 	for _, d := range req.Domains {
 		if err := checkDomain(d); err != nil {
 			return err
@@ -216,7 +222,11 @@ func (c *Controller) handleAppAdd(w http.ResponseWriter, r *http.Request, a admi
 			return badRequest("app %s: domain %s listed twice", req.Name, d)
 		}
 		seen[d] = true
-		if other, ok := c.catalog.Load().byDomain[d]; ok {
+		other, ok := cat.byDomain[d]
+		if suffix, wild := strings.CutPrefix(d, "*."); wild {
+			other, ok = cat.byWildcard[suffix]
+		}
+		if ok {
 			return conflict("domain %s already belongs to app %s", d, other)
 		}
 	}
@@ -237,7 +247,14 @@ func (c *Controller) handleAppAdd(w http.ResponseWriter, r *http.Request, a admi
 		return storeErr("app "+req.Name, err)
 	}
 	c.adminAudit(r, a, "admin.app.add", api.AuditEvent{App: app.Name})
-	if err := c.reloadCatalog(r.Context()); err != nil {
+	// A new domain can take names from a wildcard app (an exact domain or
+	// a longer wildcard wins), and their grants with them.
+	if len(app.Domains) > 0 {
+		err = c.reevaluate(r.Context(), "app "+app.Name+" added", a.actor())
+	} else {
+		err = c.reloadCatalog(r.Context())
+	}
+	if err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusCreated, app)
@@ -448,6 +465,9 @@ func (c *Controller) handleDeviceUpdate(w http.ResponseWriter, r *http.Request, 
 	c.adminAudit(r, a, "admin.device.update", api.AuditEvent{DeviceID: id, User: d.User})
 	if err := c.reevaluate(r.Context(), "device "+string(id)+" changed", a.actor()); err != nil {
 		return err
+	}
+	if d.Disabled {
+		c.devices.closeDevice(id)
 	}
 	writeJSON(w, http.StatusOK, d)
 	return nil

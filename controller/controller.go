@@ -1,7 +1,8 @@
 // Package controller is Keyhole's control plane: the HTTPS API for admins,
 // clients and gateways; per-request grant decisions (policy + posture) and
-// issuing; the gateway control streams that grants are pushed through; and
-// revocation. It owns the CA and the store; it never touches packets.
+// issuing; the gateway control streams that grants are pushed through;
+// revocation; and the device event streams that tell clients of it at once.
+// It owns the CA and the store; it never touches packets.
 //
 // Subpackages hold the pieces with one job each: policy (pure evaluation),
 // store (persistence), auth (passwords, tokens), ca (certificates), ipam
@@ -61,6 +62,9 @@ type Config struct {
 	SessionLifetime time.Duration
 	// AckTimeout bounds the wait for a gateway to apply a pushed grant.
 	AckTimeout time.Duration
+	// MaxWildcardNames caps the names one wildcard domain app serves, each
+	// with an address of its own (default DefaultMaxWildcardNames).
+	MaxWildcardNames int
 	// RelayListen is the UDP address of the embedded TURN relay, which is
 	// also the STUN server (default: Listen's host, port 3478; RelayOff
 	// runs none, for an external relay such as coturn).
@@ -95,8 +99,14 @@ type Controller struct {
 	store   store.Store
 	ownsDB  bool
 	hub     *streamHub
+	devices *deviceHub
 	metrics *metrics
-	catalog atomic.Pointer[catalog]
+	// names and nameLimit serve the names under wildcard domains.
+	names     *wildcardNames
+	nameLimit *nameLimiter
+	// pingInterval is how often idle streams get a ping (tests shorten it).
+	pingInterval time.Duration
+	catalog      atomic.Pointer[catalog]
 	// catalogMu serialises catalog reloads so a slow reload cannot overwrite
 	// a newer one.
 	catalogMu sync.Mutex
@@ -138,6 +148,9 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if cfg.AckTimeout <= 0 {
 		cfg.AckTimeout = DefaultAckTimeout
 	}
+	if cfg.MaxWildcardNames <= 0 {
+		cfg.MaxWildcardNames = DefaultMaxWildcardNames
+	}
 	if cfg.Password == (auth.Params{}) {
 		cfg.Password = auth.DefaultParams
 	}
@@ -150,7 +163,11 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("controller: data dir: %w", err)
 	}
-	c := &Controller{cfg: cfg, log: cfg.Logger, now: func() time.Time { return cfg.Now().UTC() }}
+	c := &Controller{
+		cfg: cfg, log: cfg.Logger, now: func() time.Time { return cfg.Now().UTC() },
+		names: newWildcardNames(), nameLimit: newNameLimiter(newNameBurst, newNameInterval),
+		pingInterval: streamPingInterval,
+	}
 	var created bool
 	var err error
 	if c.relaySecret, err = loadRelaySecret(cfg); err != nil {
@@ -170,6 +187,13 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	c.metrics = newMetrics()
 	c.hub = newStreamHub(c.log, c.metrics)
+	c.devices = newDeviceHub(c.metrics)
+	names, err := c.store.WildcardNames(ctx)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	c.names.add(names...)
 	if err := c.reloadCatalog(ctx); err != nil {
 		c.Close()
 		return nil, err
@@ -244,8 +268,8 @@ func (c *Controller) Listen() (net.Addr, error) {
 	return l.Addr(), nil
 }
 
-// Run serves the API until ctx is done, then shuts down: gateway streams are
-// closed and in-flight requests get a moment to finish.
+// Run serves the API until ctx is done, then shuts down: gateway and device
+// streams are closed and in-flight requests get a moment to finish.
 func (c *Controller) Run(ctx context.Context) error {
 	if _, err := c.Listen(); err != nil {
 		return err
@@ -282,6 +306,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	c.hub.closeAll()
+	c.devices.closeAll()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(shutCtx); err != nil {
@@ -344,8 +369,11 @@ func (c *Controller) routes() http.Handler {
 	h("POST /v1/login", c.handleLogin)
 	h("POST /v1/logout", c.device(c.handleLogout))
 	h("POST /v1/device/certificate", c.device(c.handleDeviceCert))
+	h("GET /v1/device/domains", c.device(c.handleDeviceDomains))
+	h("GET /v1/device/events", c.device(c.handleDeviceEvents))
 	h("POST /v1/grants", c.device(c.handleGrantRequest))
 	h("POST /v1/grants/{id}/renew", c.device(c.handleGrantRenew))
+	h("POST /v1/exports", c.device(c.handleExportRequest))
 	// DELETE /v1/grants/{id}: the owning device or an admin.
 	h("DELETE /v1/grants/{id}", c.handleGrantRevoke)
 

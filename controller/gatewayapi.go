@@ -1,8 +1,6 @@
 package controller
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,10 +11,6 @@ import (
 	"github.com/keyhole-net/keyhole/internal/api"
 	"github.com/keyhole-net/keyhole/internal/trust"
 )
-
-// streamPingInterval keeps idle streams alive through proxies and lets both
-// sides notice a dead connection.
-const streamPingInterval = 15 * time.Second
 
 // maxFlowBatch caps flow records per POST.
 const maxFlowBatch = 256
@@ -170,10 +164,6 @@ func (c *Controller) handleGatewayPeers(w http.ResponseWriter, r *http.Request, 
 // handleGatewayStream holds GET /v1/gateway/stream: a sync event with every
 // live grant of the gateway, then pushes as they come, as NDJSON.
 func (c *Controller) handleGatewayStream(w http.ResponseWriter, r *http.Request, g gatewayCaller) error {
-	flusher, ok := w.(http.Flusher)
-	if !ok {
-		return errf(http.StatusInternalServerError, api.CodeInternal, "streaming not supported by this connection")
-	}
 	s := c.hub.open(g.gateway)
 	defer c.hub.remove(s)
 	live, err := c.store.LiveGrants(r.Context(), c.now(), g.gateway.ID, "")
@@ -184,43 +174,27 @@ func (c *Controller) handleGatewayStream(w http.ResponseWriter, r *http.Request,
 	for _, gr := range live {
 		sync.Grants = append(sync.Grants, c.gatewayGrant(gr))
 	}
-	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set(api.HeaderStreamID, s.id)
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
-	bw := bufio.NewWriter(w)
-	enc := json.NewEncoder(bw)
-	send := func(evs ...api.StreamEvent) error {
-		for _, ev := range evs {
-			if err := enc.Encode(ev); err != nil {
-				return err
-			}
-		}
-		if err := bw.Flush(); err != nil {
-			return err
-		}
-		flusher.Flush()
-		return nil
-	}
+	out := startNDJSON(w)
 	c.log.Info("gateway stream open", "gateway_id", g.gateway.ID, "stream", s.id, "live_grants", len(live))
-	if err := send(sync); err != nil {
+	if err := writeEvents(out, sync); err != nil {
 		return nil
 	}
-	ping := time.NewTicker(streamPingInterval)
+	ping := time.NewTicker(c.pingInterval)
 	defer ping.Stop()
 	for {
 		select {
 		case <-r.Context().Done():
 			c.log.Info("gateway stream closed", "gateway_id", g.gateway.ID, "stream", s.id)
 			return nil
-		case <-s.done:
+		case <-s.out.done:
 			return nil
 		case <-ping.C:
-			if err := send(api.StreamEvent{Type: api.EventPing, Time: c.now()}); err != nil {
+			if err := writeEvents(out, api.StreamEvent{Type: api.EventPing, Time: c.now()}); err != nil {
 				return nil
 			}
-		case <-s.wake:
-			if err := send(s.drain()...); err != nil {
+		case <-s.out.wake:
+			if err := writeEvents(out, s.out.drain()...); err != nil {
 				c.log.Info("gateway stream write failed", "gateway_id", g.gateway.ID, "err", err)
 				return nil
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/keyhole-net/keyhole/controller/auth"
@@ -36,27 +37,34 @@ func (c *Controller) handleGrantRequest(w http.ResponseWriter, r *http.Request, 
 	base := api.AuditEvent{
 		Actor: d.actor(), User: d.user.Name, DeviceID: d.device.ID, Source: remoteAddr(r),
 	}
-	app, ok := cat.resolve(req.App)
+	m, ok, err := cat.resolveDest(req.App, c.names.nameOf)
+	if err != nil {
+		return err
+	}
 	if !ok {
 		base.Type, base.App, base.Reason = "grant.deny", req.App, fmt.Sprintf("no app matches %q", req.App)
 		c.audit(r.Context(), base)
 		c.metrics.grantsDenied.Inc()
 		return notFound("no app matches %q; ask an admin which apps exist (keyhole admin app list)", req.App)
 	}
+	app := m.app
 	base.App = app.Name
+	if m.name == "" && len(grantTargets(app)) == 0 {
+		return badRequest("app %s serves only names under its wildcard domains (%s); ask for one of those names", app.Name, strings.Join(app.Domains, ", "))
+	}
 	if req.Port != 0 && !api.PortsContain(app.Ports, req.Proto, req.Port) {
 		reason := fmt.Sprintf("app %s does not serve %s/%d (it serves %s)", app.Name, req.Proto, req.Port, api.FormatPortRanges(app.Ports))
-		base.Type, base.Reason = "grant.deny", reason
+		base.Type, base.Reason = "grant.deny", reason+nameNote(m.name)
 		c.audit(r.Context(), base)
 		c.metrics.grantsDenied.Inc()
 		return errf(http.StatusForbidden, api.CodeDenied, "%s", reason)
 	}
 	dec := cat.policy.Evaluate(policy.Subject{User: d.user.Name, Groups: d.user.Groups}, app.Name)
 	if !dec.Allow {
-		base.Type, base.Rule, base.Reason = "grant.deny", dec.Rule, dec.Reason
+		base.Type, base.Rule, base.Reason = "grant.deny", dec.Rule, dec.Reason+nameNote(m.name)
 		c.audit(r.Context(), base)
 		c.metrics.grantsDenied.Inc()
-		c.log.Info("grant denied", "user", d.user.Name, "device_id", d.device.ID, "app", app.Name, "rule", dec.Rule, "reason", dec.Reason)
+		c.log.Info("grant denied", "user", d.user.Name, "device_id", d.device.ID, "app", app.Name, "name", m.name, "rule", dec.Rule, "reason", dec.Reason)
 		e := errf(http.StatusForbidden, api.CodeDenied, "%s", dec.Reason)
 		e.body.Rule = dec.Rule
 		return e
@@ -64,7 +72,15 @@ func (c *Controller) handleGrantRequest(w http.ResponseWriter, r *http.Request, 
 	if err := validCandidates(req.Candidates); err != nil {
 		return err
 	}
-	resp, err := c.issue(r.Context(), d, app, dec, base, req.Candidates)
+	targets := grantTargets(app)
+	if m.name != "" {
+		vip, err := c.nameVIP(r.Context(), d, m, base)
+		if err != nil {
+			return err
+		}
+		targets = []api.GrantTarget{{Prefix: netip.PrefixFrom(vip, vip.BitLen()), Host: m.name}}
+	}
+	resp, err := c.issue(r.Context(), d, m, targets, dec, base, req.Candidates)
 	if err != nil {
 		return err
 	}
@@ -73,18 +89,19 @@ func (c *Controller) handleGrantRequest(w http.ResponseWriter, r *http.Request, 
 	return nil
 }
 
-// issue creates (or, when the device already holds a live grant for the app
-// through a connected gateway, extends) a grant, pushes it to the gateway and
-// waits for the gateway's ack before answering: the client's first handshake
-// must find the gateway ready.
-func (c *Controller) issue(ctx context.Context, d deviceCaller, app store.App, dec policy.Decision, ev api.AuditEvent, cands []api.Candidate) (api.GrantResponse, error) {
+// issue creates (or, when the device already holds a live grant for the
+// same app and name through a connected gateway, extends) a grant for
+// targets, pushes it to the gateway and waits for the gateway's ack before
+// answering: the client's first handshake must find the gateway ready.
+func (c *Controller) issue(ctx context.Context, d deviceCaller, m match, targets []api.GrantTarget, dec policy.Decision, ev api.AuditEvent, cands []api.Candidate) (api.GrantResponse, error) {
+	app := m.app
 	now := c.now()
 	live, err := c.store.LiveGrantsFor(ctx, now, d.device.ID, app.ID)
 	if err != nil {
 		return api.GrantResponse{}, err
 	}
 	for _, g := range live {
-		if c.hub.connected(g.GatewayID) {
+		if !g.Export && g.Name == m.name && c.hub.connected(g.GatewayID) {
 			return c.extend(ctx, g, dec, ev, cands)
 		}
 	}
@@ -93,35 +110,17 @@ func (c *Controller) issue(ctx context.Context, d deviceCaller, app store.App, d
 		return api.GrantResponse{}, errf(http.StatusServiceUnavailable, api.CodeUnavailable,
 			"no gateway of group %q is connected for app %s; start one (keyhole gateway) or try again shortly", app.GatewayGroup, app.Name)
 	}
-	g := store.Grant{
-		Grant: api.Grant{
-			ID:        api.GrantID(auth.NewID("grt")),
-			DeviceID:  d.device.ID,
-			User:      d.user.Name,
-			App:       app.Name,
-			GatewayID: gw.ID,
-			ClientIP:  d.device.OverlayIP,
-			Targets:   grantTargets(app),
-			Ports:     app.Ports,
-			Rule:      dec.Rule,
-			CreatedAt: now,
-			NotAfter:  now.Add(c.cfg.GrantLifetime),
-		},
-		AppID:       app.ID,
-		ClientWGKey: d.device.WGPublicKey,
-	}
-	ev.Type, ev.Time, ev.GrantID, ev.GatewayID, ev.Rule, ev.Reason = "grant.allow", now, g.ID, gw.ID, dec.Rule, dec.Reason
+	g := newGrant(d, app, gw.ID, targets, dec, now, now.Add(c.cfg.GrantLifetime))
+	g.ClientIP, g.ClientWGKey, g.Name = d.device.OverlayIP, d.device.WGPublicKey, m.name
+	ev.Type, ev.Time, ev.GrantID, ev.GatewayID, ev.Rule, ev.Reason = "grant.allow", now, g.ID, gw.ID, dec.Rule, dec.Reason+nameNote(g.Name)
 	if err := c.store.CreateGrant(ctx, g, ev); err != nil {
 		return api.GrantResponse{}, fmt.Errorf("create grant: %w", err)
 	}
-	if err := c.pushGrant(ctx, g, cands); err != nil {
-		c.log.Warn("gateway did not take grant; revoking it", "grant_id", g.ID, "gateway_id", gw.ID, "err", err)
-		_, _ = c.revoke(context.WithoutCancel(ctx), []api.GrantID{g.ID}, "gateway did not acknowledge the grant", "controller")
-		return api.GrantResponse{}, errf(http.StatusBadGateway, api.CodeGatewayError,
-			"gateway %s did not take the grant in time; try again", gw.ID)
+	if err := c.pushNew(ctx, g, cands); err != nil {
+		return api.GrantResponse{}, err
 	}
 	c.metrics.grantsIssued.Inc()
-	c.log.Info("grant issued", "grant_id", g.ID, "user", g.User, "device_id", g.DeviceID, "app", g.App, "gateway_id", gw.ID, "rule", dec.Rule, "not_after", g.NotAfter)
+	c.log.Info("grant issued", "grant_id", g.ID, "user", g.User, "device_id", g.DeviceID, "app", g.App, "name", g.Name, "gateway_id", gw.ID, "rule", dec.Rule, "not_after", g.NotAfter)
 	return c.grantResponse(g, gw), nil
 }
 
@@ -130,7 +129,7 @@ func (c *Controller) extend(ctx context.Context, g store.Grant, dec policy.Decis
 	now := c.now()
 	g.NotAfter = now.Add(c.cfg.GrantLifetime)
 	g.Rule = dec.Rule
-	ev.Type, ev.Time, ev.GrantID, ev.GatewayID, ev.Rule, ev.Reason = "grant.renew", now, g.ID, g.GatewayID, dec.Rule, dec.Reason
+	ev.Type, ev.Time, ev.GrantID, ev.GatewayID, ev.Rule, ev.Reason = "grant.renew", now, g.ID, g.GatewayID, dec.Rule, dec.Reason+nameNote(g.Name)
 	if err := c.store.RenewGrant(ctx, g.ID, g.NotAfter, ev); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return api.GrantResponse{}, errf(http.StatusGone, api.CodeExpired, "grant %s expired or was revoked; request a new one", g.ID)
@@ -150,6 +149,38 @@ func (c *Controller) extend(ctx context.Context, g store.Grant, dec policy.Decis
 		}
 	}
 	return c.grantResponse(g, info), nil
+}
+
+// newGrant is a fresh grant of app for d's user through gateway gw; the
+// caller sets the client's address and key.
+func newGrant(d deviceCaller, app store.App, gw api.GatewayID, targets []api.GrantTarget, dec policy.Decision, now, notAfter time.Time) store.Grant {
+	return store.Grant{
+		Grant: api.Grant{
+			ID:        api.GrantID(auth.NewID("grt")),
+			DeviceID:  d.device.ID,
+			User:      d.user.Name,
+			App:       app.Name,
+			GatewayID: gw,
+			Targets:   targets,
+			Ports:     app.Ports,
+			Rule:      dec.Rule,
+			CreatedAt: now,
+			NotAfter:  notAfter,
+		},
+		AppID: app.ID,
+	}
+}
+
+// pushNew pushes a grant just created to its gateway. A grant the gateway
+// did not take is revoked at once (nobody could use it) and the error
+// tells the caller to try again.
+func (c *Controller) pushNew(ctx context.Context, g store.Grant, cands []api.Candidate) error {
+	if err := c.pushGrant(ctx, g, cands); err != nil {
+		c.log.Warn("gateway did not take grant; revoking it", "grant_id", g.ID, "gateway_id", g.GatewayID, "err", err)
+		_, _ = c.revoke(context.WithoutCancel(ctx), []api.GrantID{g.ID}, "gateway did not acknowledge the grant", "controller")
+		return errf(http.StatusBadGateway, api.CodeGatewayError, "gateway %s did not take the grant in time; try again", g.GatewayID)
+	}
+	return nil
 }
 
 // pushGrant sends g to its gateway, with the client's candidates to punch
@@ -191,12 +222,25 @@ func (c *Controller) grantResponse(g store.Grant, gw store.Gateway) api.GrantRes
 
 func (c *Controller) handleGrantRenew(w http.ResponseWriter, r *http.Request, d deviceCaller) error {
 	id := api.GrantID(r.PathValue("id"))
+	// The body is optional: a client that moved sends its new candidates.
+	var req api.GrantRenewal
+	if r.ContentLength != 0 {
+		if err := decode(w, r, &req); err != nil {
+			return err
+		}
+		if err := validCandidates(req.Candidates); err != nil {
+			return err
+		}
+	}
 	g, err := c.store.Grant(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && g.DeviceID != d.device.ID) {
 		return notFound("grant %s not found for this device", id)
 	}
 	if err != nil {
 		return err
+	}
+	if g.Export {
+		return errf(http.StatusForbidden, api.CodeForbidden, "grant %s is an export for a stock WireGuard client; exports are not renewed: run keyhole export again for a new config", id)
 	}
 	if !g.RevokedAt.IsZero() {
 		return errf(http.StatusGone, api.CodeExpired, "grant %s was revoked (%s); request a new one", id, g.RevokeReason)
@@ -211,6 +255,10 @@ func (c *Controller) handleGrantRenew(w http.ResponseWriter, r *http.Request, d 
 		_, _ = c.revoke(r.Context(), []api.GrantID{id}, "app removed", d.actor())
 		return errf(http.StatusGone, api.CodeExpired, "app %s was removed; grant %s revoked", g.App, id)
 	}
+	if why := cat.stillMatches(g); why != "" {
+		_, _ = c.revoke(r.Context(), []api.GrantID{id}, why, d.actor())
+		return errf(http.StatusGone, api.CodeExpired, "%s; grant %s revoked, request %s again", why, id, g.Name)
+	}
 	dec := cat.policy.Evaluate(policy.Subject{User: d.user.Name, Groups: d.user.Groups}, name)
 	if !dec.Allow {
 		ev.Type, ev.Rule, ev.Reason, ev.GrantID = "grant.deny", dec.Rule, dec.Reason, id
@@ -220,7 +268,7 @@ func (c *Controller) handleGrantRenew(w http.ResponseWriter, r *http.Request, d 
 		e.body.Rule = dec.Rule
 		return e
 	}
-	resp, err := c.extend(r.Context(), g, dec, ev, nil)
+	resp, err := c.extend(r.Context(), g, dec, ev, req.Candidates)
 	if err != nil {
 		return err
 	}
@@ -277,6 +325,9 @@ func (c *Controller) revoke(ctx context.Context, ids []api.GrantID, reason, acto
 	}
 	byGateway := make(map[api.GatewayID][]api.GrantID)
 	for _, g := range revoked {
+		// Never blocks: the client learns at once if it listens, and the
+		// gateway enforces the revocation either way.
+		c.devices.publish(g.DeviceID, api.DeviceEvent{Type: api.DeviceEventGrantRevoked, GrantID: g.ID, Reason: reason, Time: now})
 		byGateway[g.GatewayID] = append(byGateway[g.GatewayID], g.ID)
 		c.log.Info("grant revoked", "grant_id", g.ID, "user", g.User, "app", g.App, "gateway_id", g.GatewayID, "reason", reason)
 	}
@@ -341,6 +392,8 @@ func (c *Controller) reevaluate(ctx context.Context, why, actor string) error {
 			reason = "device disabled"
 		case !appOK:
 			reason = "app removed"
+		case cat.stillMatches(g) != "":
+			reason = cat.stillMatches(g)
 		default:
 			dec := cat.policy.Evaluate(policy.Subject{User: u.Name, Groups: u.Groups}, name)
 			if !dec.Allow {
@@ -357,6 +410,14 @@ func (c *Controller) reevaluate(ctx context.Context, why, actor string) error {
 		}
 	}
 	return nil
+}
+
+// nameNote names the wildcard name of a grant in audit reasons.
+func nameNote(name string) string {
+	if name == "" {
+		return ""
+	}
+	return " (name " + name + ")"
 }
 
 // audit appends an event; a failure to audit is logged loudly but does not

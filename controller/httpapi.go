@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"mime"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/keyhole-net/keyhole/controller/store"
 	"github.com/keyhole-net/keyhole/internal/api"
@@ -25,6 +28,8 @@ const maxBodyBytes = 64 << 10
 type apiError struct {
 	status int
 	body   api.Error
+	// retryAfter, when set, is sent as Retry-After (429, 503).
+	retryAfter time.Duration
 }
 
 func (e *apiError) Error() string { return e.body.Code + ": " + e.body.Message }
@@ -76,6 +81,9 @@ func (c *Controller) writeError(w http.ResponseWriter, r *http.Request, err erro
 	if ae.status >= 400 && ae.status < 500 {
 		c.log.Debug("request refused", "method", r.Method, "path", r.URL.Path, "status", ae.status, "code", ae.body.Code, "msg", ae.body.Message)
 	}
+	if ae.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(ae.retryAfter.Seconds()))))
+	}
 	writeJSON(w, ae.status, ae.body)
 }
 
@@ -125,7 +133,6 @@ func decodeBody(body []byte, v any) error {
 var (
 	namePattern     = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$`)
 	userNamePattern = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._@+-]{0,127}$`)
-	domainPattern   = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 )
 
 func checkName(kind, name string) error {
@@ -138,13 +145,6 @@ func checkName(kind, name string) error {
 func checkUserName(name string) error {
 	if !userNamePattern.MatchString(name) {
 		return badRequest("user name %q: use 1–128 letters, digits or . _ @ + -, starting with a letter or digit", name)
-	}
-	return nil
-}
-
-func checkDomain(d string) error {
-	if len(d) > 253 || !domainPattern.MatchString(strings.ToLower(d)) || d != strings.ToLower(d) {
-		return badRequest("domain %q: want a lowercase DNS name such as wiki.corp.internal", d)
 	}
 	return nil
 }

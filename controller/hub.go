@@ -38,15 +38,14 @@ type streamHub struct {
 type gwStream struct {
 	id   string // names this stream in acks
 	info store.Gateway
-	wake chan struct{} // cap 1: new events queued
-	done chan struct{} // closed once, when the stream ends
+	out  *outbox[api.StreamEvent]
 
-	mu      sync.Mutex // guards the fields below
+	// mu guards the fields below; enqueue holds it around out.put, so
+	// sequence numbers follow the queue's order.
+	mu      sync.Mutex
 	nextSeq uint64
 	acked   uint64
-	queue   []api.StreamEvent
 	waiters map[uint64]chan struct{}
-	closed  bool
 }
 
 // gwLive is a connected gateway's self-reported, in-memory state.
@@ -68,8 +67,7 @@ func (h *streamHub) open(gw store.Gateway) *gwStream {
 	s := &gwStream{
 		id:      hex.EncodeToString(b[:]),
 		info:    gw,
-		wake:    make(chan struct{}, 1),
-		done:    make(chan struct{}),
+		out:     newOutbox[api.StreamEvent](),
 		nextSeq: 2,
 		waiters: make(map[uint64]chan struct{}),
 	}
@@ -197,7 +195,7 @@ func (h *streamHub) push(ctx context.Context, gw api.GatewayID, ev api.StreamEve
 	select {
 	case <-wait:
 		return nil
-	case <-s.done:
+	case <-s.out.done:
 		// The ack may have raced with the close.
 		select {
 		case <-wait:
@@ -237,40 +235,16 @@ func (h *streamHub) ack(gw api.GatewayID, id string, seq uint64) bool {
 
 func (s *gwStream) enqueue(ev api.StreamEvent) (<-chan struct{}, error) {
 	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	defer s.mu.Unlock()
+	ev.Seq = s.nextSeq
+	if !s.out.put(0, ev) {
 		return nil, errStreamClosed
 	}
-	ev.Seq = s.nextSeq
 	s.nextSeq++
 	ch := make(chan struct{})
 	s.waiters[ev.Seq] = ch
-	s.queue = append(s.queue, ev)
-	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
 	return ch, nil
 }
 
-// drain takes the queued events.
-func (s *gwStream) drain() []api.StreamEvent {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	q := s.queue
-	s.queue = nil
-	return q
-}
-
 // close ends the stream once; it reports whether this call closed it.
-func (s *gwStream) close() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.closed = true
-	close(s.done)
-	return true
-}
+func (s *gwStream) close() bool { return s.out.close() }

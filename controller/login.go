@@ -94,10 +94,13 @@ func (c *Controller) handleLogin(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		// Grants carry the old key; drop them so the gateway forgets it.
+		// Exports carry keys of their own and stay.
 		if live, err := c.store.LiveGrants(r.Context(), now, "", dev.ID); err == nil && len(live) > 0 {
-			ids := make([]api.GrantID, len(live))
-			for i, g := range live {
-				ids[i] = g.ID
+			var ids []api.GrantID
+			for _, g := range live {
+				if !g.Export {
+					ids = append(ids, g.ID)
+				}
 			}
 			if _, err := c.revoke(r.Context(), ids, "device logged in again (key rotated)", "user:"+u.Name); err != nil {
 				return err
@@ -148,6 +151,8 @@ func (c *Controller) handleLogout(w http.ResponseWriter, r *http.Request, d devi
 	if err := c.store.DeleteSessions(r.Context(), d.device.ID); err != nil {
 		return err
 	}
+	// After the revocations queued above: the streams send them, then end.
+	c.devices.closeDevice(d.device.ID)
 	c.audit(r.Context(), api.AuditEvent{Type: "logout", Actor: d.actor(), User: d.user.Name, DeviceID: d.device.ID, Source: remoteAddr(r)})
 	w.WriteHeader(http.StatusNoContent)
 	return nil

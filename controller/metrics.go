@@ -18,6 +18,10 @@ type metrics struct {
 	grantsRevoked   prometheus.Counter
 	streams         prometheus.Gauge
 	decisionSeconds prometheus.Histogram
+	// deviceStreams are the open device event streams; deviceStreamsDropped
+	// counts those closed because their reader fell too far behind.
+	deviceStreams        prometheus.Gauge
+	deviceStreamsDropped prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -28,12 +32,17 @@ func newMetrics() *metrics {
 		grantsDenied:  prometheus.NewCounter(prometheus.CounterOpts{Name: "keyhole_controller_grants_denied_total", Help: "Grant requests denied."}),
 		grantsRevoked: prometheus.NewCounter(prometheus.CounterOpts{Name: "keyhole_controller_grants_revoked_total", Help: "Grants revoked."}),
 		streams:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyhole_controller_gateway_streams", Help: "Connected gateway control streams."}),
+		deviceStreams: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyhole_controller_device_streams", Help: "Open device event streams."}),
+		deviceStreamsDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "keyhole_controller_device_streams_dropped_total", Help: "Device event streams closed because their reader fell behind.",
+		}),
 		decisionSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "keyhole_controller_grant_seconds", Help: "Time to decide and issue a grant, gateway ack included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
 	}
 	m.reg.MustRegister(m.grantsIssued, m.grantsRenewed, m.grantsDenied, m.grantsRevoked, m.streams, m.decisionSeconds,
+		m.deviceStreams, m.deviceStreamsDropped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

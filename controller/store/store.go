@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/keyhole-net/keyhole/internal/api"
@@ -28,6 +29,8 @@ var (
 	ErrTokenUsed = errors.New("token already used")
 	// ErrExpired means a token or session is past its expiry.
 	ErrExpired = errors.New("expired")
+	// ErrLimit means a cap given by the caller was reached.
+	ErrLimit = errors.New("limit reached")
 )
 
 // Pools are the overlay prefixes the store allocates addresses from. An
@@ -45,8 +48,25 @@ type User struct {
 	PasswordHash string
 }
 
-// App is an app row. VirtualIPs are allocated by CreateApp (one per domain).
+// App is an app row. VirtualIPs are allocated by CreateApp, one per exact
+// domain. Domains may also hold wildcard patterns ("*.corp.internal"),
+// which have no address of their own: each concrete name under one gets
+// its address from AddWildcardName.
 type App = api.App
+
+// IsWildcard reports whether an app domain is a wildcard pattern
+// ("*.corp.internal") rather than an exact name.
+func IsWildcard(domain string) bool { return strings.HasPrefix(domain, "*.") }
+
+// WildcardName is a concrete name a wildcard domain app has served
+// ("a.corp.internal" under "*.corp.internal"). Its virtual IP is the
+// name's for good, like an exact domain's: it outlives the app.
+type WildcardName struct {
+	AppID     api.AppID
+	Name      string
+	VirtualIP netip.Addr
+	CreatedAt time.Time
+}
 
 // Gateway is a gateway row.
 type Gateway = api.Gateway
@@ -120,7 +140,20 @@ type Store interface {
 	CreateApp(ctx context.Context, a App) (App, error)
 	App(ctx context.Context, name string) (App, error)
 	Apps(ctx context.Context) ([]App, error)
+	// DeleteApp removes the app and its wildcard names (their virtual IPs
+	// stay reserved to the names).
 	DeleteApp(ctx context.Context, name string) error
+
+	// Wildcard names. AddWildcardName records n.Name under app n.AppID and
+	// returns it with its virtual IP (the one the name already has, or a
+	// new one from the apps pool), and whether this call added it. A name
+	// the app already holds is returned as it is; a new one fails with
+	// ErrLimit when the app holds limit names already, and with ErrNotFound
+	// when the app does not exist. The caller checks that the name falls
+	// under one of the app's patterns.
+	AddWildcardName(ctx context.Context, n WildcardName, limit int) (WildcardName, bool, error)
+	// WildcardNames lists the names of every app, ordered by app ID and name.
+	WildcardNames(ctx context.Context) ([]WildcardName, error)
 
 	// Gateway groups.
 	CreateGatewayGroup(ctx context.Context, g api.GatewayGroup) error
@@ -179,6 +212,15 @@ type Store interface {
 	// they are) and appends one audit event per grant revoked; it returns
 	// the grants it revoked.
 	RevokeGrants(ctx context.Context, ids []api.GrantID, reason string, now time.Time, ev api.AuditEvent) ([]Grant, error)
+	// CreateExport stores an export grant (g.Export set: a grant whose
+	// client is a stock WireGuard client, not the device) and its audit
+	// event in one transaction. It gives the grant its own overlay address
+	// from the devices pool (g.ClientIP; like every address, never handed
+	// out again) and returns the stored grant. It fails with ErrConflict
+	// when g.ClientWGKey is a device's WireGuard key or was ever an
+	// export's, and with ErrLimit when g.User already holds limit exports
+	// that are live at g.CreatedAt.
+	CreateExport(ctx context.Context, g Grant, ev api.AuditEvent, limit int) (Grant, error)
 
 	// Audit events and flow records. Append sets IDs.
 	AppendAudit(ctx context.Context, evs ...api.AuditEvent) error

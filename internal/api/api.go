@@ -16,6 +16,16 @@
 //     relayed) travel in hellos, grant requests, grants and stream events;
 //     connectivity-check keys per grant; TURN relay credentials for
 //     gateways; per-peer path reports from gateways.
+//
+// Later additions that a peer may ignore (optional fields, new endpoints and
+// error codes) keep the version number:
+//
+//   - wildcard domain apps ("*.corp.internal") and Grant.Name; the device
+//     endpoints GET /v1/device/domains (DeviceDomains) and
+//     GET /v1/device/events (DeviceEvent); error codes rate_limited and
+//     limit_reached.
+//   - exports for stock WireGuard clients: POST /v1/exports (ExportRequest,
+//     ExportResponse) and Grant.Export.
 package api
 
 import (
@@ -81,6 +91,8 @@ const (
 	CodeUnsupported  = "unsupported"   // 415: not JSON
 	CodeMethod       = "bad_method"    // 405
 	CodeGatewayError = "gateway_error" // 502: the gateway did not take the grant
+	CodeRateLimited  = "rate_limited"  // 429: too many requests of this kind; see Retry-After
+	CodeLimitReached = "limit_reached" // 409: a fixed cap was reached; an admin must make room
 )
 
 // Health is the answer of GET /v1/health (no authentication).
@@ -134,9 +146,14 @@ type App struct {
 	// Addresses are real IPs/prefixes on the gateway's site; clients route
 	// them as they are.
 	Addresses []netip.Prefix `json:"addresses,omitempty"`
-	// Domains are exact names; each gets a stable overlay virtual IP
-	// (VirtualIPs), and the gateway resolves the name on its site.
-	Domains      []string              `json:"domains,omitempty"`
+	// Domains are exact names ("wiki.corp.internal") and wildcard patterns
+	// ("*.corp.internal": every name under corp.internal, not corp.internal
+	// itself). Each exact name gets a stable overlay virtual IP
+	// (VirtualIPs); each name under a wildcard gets its own the first time a
+	// grant asks for it. The gateway resolves the name on its site.
+	Domains []string `json:"domains,omitempty"`
+	// VirtualIPs maps each exact domain to its virtual IP. Names under a
+	// wildcard are not listed (they are made on demand, see Grant.Name).
 	VirtualIPs   map[string]netip.Addr `json:"virtual_ips,omitempty"`
 	Ports        []PortRange           `json:"ports"`
 	GatewayGroup string                `json:"gateway_group"`
@@ -146,11 +163,13 @@ type App struct {
 // AppCreate is the body of POST /v1/apps. At least one address or domain and
 // at least one port range are required.
 type AppCreate struct {
-	Name         string         `json:"name"`
-	Addresses    []netip.Prefix `json:"addresses,omitempty"`
-	Domains      []string       `json:"domains,omitempty"`
-	Ports        []PortRange    `json:"ports"`
-	GatewayGroup string         `json:"gateway_group"`
+	Name      string         `json:"name"`
+	Addresses []netip.Prefix `json:"addresses,omitempty"`
+	// Domains are lowercase exact names and wildcard patterns ("*." and at
+	// least two labels); each belongs to at most one app.
+	Domains      []string    `json:"domains,omitempty"`
+	Ports        []PortRange `json:"ports"`
+	GatewayGroup string      `json:"gateway_group"`
 }
 
 // GatewayGroup is a set of gateways that serve the same apps.
@@ -247,6 +266,15 @@ type Grant struct {
 	Rule      RuleID        `json:"rule"`
 	CreatedAt time.Time     `json:"created_at"`
 	NotAfter  time.Time     `json:"not_after"`
+	// Name is the concrete name under one of the app's wildcard domains
+	// this grant is for ("a.corp.internal" under "*.corp.internal"); its
+	// only target is that name's virtual IP. Empty for a grant of the whole
+	// app (requested by app name, exact domain or address).
+	Name string `json:"name,omitempty"`
+	// Export marks a grant made by POST /v1/exports for a stock WireGuard
+	// client: ClientIP and the client key are the export's own, not the
+	// device's, and it cannot be renewed.
+	Export bool `json:"export,omitempty"`
 }
 
 // GrantTarget is one destination a grant covers. Prefix is what the client
@@ -340,7 +368,10 @@ type CertificateResponse struct {
 // GrantRequest is the body of POST /v1/grants (mTLS device certificate plus
 // "Authorization: Bearer <session>").
 type GrantRequest struct {
-	// App is an app name, one of its domains, or an address inside it.
+	// App is an app name, one of its exact domains, a name under one of its
+	// wildcard domains (then the grant covers that name only; see
+	// Grant.Name), a virtual IP, or an address inside the app. Anything
+	// that is not an app name or an address must be a valid DNS name.
 	App string `json:"app"`
 	// Proto and Port say what the client wants to reach; Port 0 means
 	// "whatever the app serves".
@@ -348,6 +379,13 @@ type GrantRequest struct {
 	Port  uint16 `json:"port,omitempty"`
 	// Candidates are the client's addresses, for the gateway to punch
 	// towards (at most 8).
+	Candidates []Candidate `json:"candidates,omitempty"`
+}
+
+// GrantRenewal is the optional body of POST /v1/grants/{id}/renew: a client
+// whose addresses changed (it roamed) sends its current candidates, and the
+// gateway punches towards them before the renewal is answered.
+type GrantRenewal struct {
 	Candidates []Candidate `json:"candidates,omitempty"`
 }
 
@@ -426,6 +464,50 @@ type PeerReport struct {
 // PeerReports is the body of POST /v1/gateway/peers.
 type PeerReports struct {
 	Peers []PeerReport `json:"peers"`
+}
+
+// DeviceDomains is the answer of GET /v1/device/domains: every name and
+// prefix any app serves, for the client's resolver and routes in TUN mode.
+// It lists all apps, not only those the user may reach: the client answers
+// these names itself and asks for a grant (refusing the query on a deny).
+type DeviceDomains struct {
+	// Domains are exact names and wildcard patterns ("*.corp.internal"),
+	// sorted.
+	Domains []string `json:"domains"`
+	// Prefixes are the address apps' prefixes, sorted, masked, without
+	// duplicates.
+	Prefixes []netip.Prefix `json:"prefixes"`
+	// Version changes whenever Domains or Prefixes change (it is a hash of
+	// them); also the response's ETag.
+	Version string `json:"version"`
+}
+
+// Device event types on GET /v1/device/events.
+const (
+	// DeviceEventHello is the first event of every stream; Version is the
+	// current DeviceDomains version.
+	DeviceEventHello = "hello"
+	// DeviceEventGrantRevoked says grant GrantID of this device was revoked
+	// (Reason says why): drop its routes and peer now.
+	DeviceEventGrantRevoked = "grant.revoked"
+	// DeviceEventDomainsChanged says the DeviceDomains set changed to
+	// Version: fetch GET /v1/device/domains again.
+	DeviceEventDomainsChanged = "domains.changed"
+	// DeviceEventPing is a keepalive, every 15 s by default.
+	DeviceEventPing = "ping"
+)
+
+// DeviceEvent is one newline-delimited JSON event on a device's event
+// stream (GET /v1/device/events). Events are not acknowledged: a client
+// that reconnects has missed what came in between, and learns of a
+// revocation it missed when renewing the grant fails.
+type DeviceEvent struct {
+	Type    string  `json:"type"`
+	GrantID GrantID `json:"grant_id,omitempty"`
+	Reason  string  `json:"reason,omitempty"`
+	Version string  `json:"version,omitempty"`
+	// Time is the controller's clock when it sent the event.
+	Time time.Time `json:"time,omitzero"`
 }
 
 // --- Gateway ---------------------------------------------------------------

@@ -83,6 +83,9 @@ func (s *Store) CreateApp(ctx context.Context, a store.App) (store.App, error) {
 			} else if !errors.Is(err, sql.ErrNoRows) {
 				return err
 			}
+			if store.IsWildcard(d) {
+				continue // names under it get addresses on demand (AddWildcardName)
+			}
 			vip, err := s.domainVIP(ctx, tx, d)
 			if err != nil {
 				return err
@@ -207,8 +210,8 @@ func (s *Store) Apps(ctx context.Context) ([]store.App, error) {
 	return out, nil
 }
 
-// DeleteApp implements store.Store. The app's domains become free for
-// another app; their virtual IPs stay reserved to the domain names.
+// DeleteApp implements store.Store. The app's domains and wildcard names
+// become free for another app; their virtual IPs stay reserved to the names.
 func (s *Store) DeleteApp(ctx context.Context, name string) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		return mustAffect(tx.ExecContext(ctx, `DELETE FROM apps WHERE name = ?`, name))
@@ -217,4 +220,77 @@ func (s *Store) DeleteApp(ctx context.Context, name string) error {
 		return fmt.Errorf("delete app %q: %w", name, err)
 	}
 	return nil
+}
+
+// AddWildcardName implements store.Store.
+func (s *Store) AddWildcardName(ctx context.Context, n store.WildcardName, limit int) (store.WildcardName, bool, error) {
+	n.CreatedAt = orNow(n.CreatedAt)
+	var added bool
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		added = false
+		var created sql.NullInt64
+		err := tx.QueryRowContext(ctx, `SELECT created_at FROM wildcard_names WHERE app_id = ? AND name = ?`,
+			string(n.AppID), n.Name).Scan(&created)
+		switch {
+		case err == nil:
+			n.CreatedAt = goTime(created)
+		case !errors.Is(err, sql.ErrNoRows):
+			return dbErr(err)
+		default:
+			var count int
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM wildcard_names WHERE app_id = ?`, string(n.AppID)).Scan(&count); err != nil {
+				return dbErr(err)
+			}
+			if count >= limit {
+				return fmt.Errorf("app holds %d names: %w", count, store.ErrLimit)
+			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO wildcard_names (app_id, name, created_at) VALUES (?, ?, ?)`,
+				string(n.AppID), n.Name, dbTime(n.CreatedAt))
+			if isConstraint(err, sqliteFK) {
+				return fmt.Errorf("app %s: %w", n.AppID, store.ErrNotFound)
+			}
+			if err != nil {
+				return dbErr(err)
+			}
+			added = true
+		}
+		// Existing names have their address already; domainVIP only reads it.
+		vip, err := s.domainVIP(ctx, tx, n.Name)
+		n.VirtualIP = vip
+		return err
+	})
+	if err != nil {
+		return store.WildcardName{}, false, fmt.Errorf("add wildcard name %q: %w", n.Name, err)
+	}
+	return n, added, nil
+}
+
+// WildcardNames implements store.Store.
+func (s *Store) WildcardNames(ctx context.Context) ([]store.WildcardName, error) {
+	rows, err := s.r.QueryContext(ctx, `
+		SELECT w.app_id, w.name, v.ip, w.created_at
+		FROM wildcard_names w JOIN domain_vips v ON v.domain = w.name
+		ORDER BY w.app_id, w.name`)
+	if err != nil {
+		return nil, fmt.Errorf("list wildcard names: %w", err)
+	}
+	defer rows.Close()
+	var out []store.WildcardName
+	for rows.Next() {
+		var n store.WildcardName
+		var app, ip string
+		var created sql.NullInt64
+		if err := rows.Scan(&app, &n.Name, &ip, &created); err != nil {
+			return nil, fmt.Errorf("list wildcard names: %w", err)
+		}
+		n.AppID, n.CreatedAt = api.AppID(app), goTime(created)
+		if n.VirtualIP, err = netip.ParseAddr(ip); err != nil {
+			return nil, fmt.Errorf("list wildcard names: %q: %w", n.Name, err)
+		}
+		out = append(out, n)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list wildcard names: %w", err)
+	}
+	return out, nil
 }

@@ -15,11 +15,11 @@ import (
 
 const insertGrantSQL = `
 	INSERT INTO grants (id, device_id, user_name, app, app_id, gateway_id, client_ip, client_wg_key,
-		targets, ports, rule, created_at, not_after, revoked_at, revoke_reason)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+		targets, ports, rule, created_at, not_after, revoked_at, revoke_reason, name, export)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 const grantColumns = `id, device_id, user_name, app, app_id, gateway_id, client_ip, client_wg_key,
-	targets, ports, rule, created_at, not_after, revoked_at, revoke_reason`
+	targets, ports, rule, created_at, not_after, revoked_at, revoke_reason, name, export`
 
 const selectGrantSQL = `SELECT ` + grantColumns + ` FROM grants`
 
@@ -55,10 +55,12 @@ func scanGrant(sc scanner) (store.Grant, error) {
 	var g store.Grant
 	var id, dev, appID, gw, ip, wgKey, targets, ports, rule string
 	var created, notAfter, revoked sql.NullInt64
+	var export int
 	if err := sc.Scan(&id, &dev, &g.User, &g.App, &appID, &gw, &ip, &wgKey,
-		&targets, &ports, &rule, &created, &notAfter, &revoked, &g.RevokeReason); err != nil {
+		&targets, &ports, &rule, &created, &notAfter, &revoked, &g.RevokeReason, &g.Name, &export); err != nil {
 		return store.Grant{}, dbErr(err)
 	}
+	g.Export = export != 0
 	g.ID, g.DeviceID, g.AppID, g.GatewayID, g.Rule = api.GrantID(id), api.DeviceID(dev), api.AppID(appID), api.GatewayID(gw), api.RuleID(rule)
 	g.CreatedAt, g.NotAfter, g.RevokedAt = goTime(created), goTime(notAfter), goTime(revoked)
 	var err error
@@ -85,16 +87,9 @@ func scanGrant(sc scanner) (store.Grant, error) {
 // for one grant as for fifty, so throughput grows with concurrency, and no
 // caller waits for more than the batch ahead of it and its own.
 func (s *Store) CreateGrant(ctx context.Context, g store.Grant, ev api.AuditEvent) error {
-	req := &grantReq{ctx: ctx, g: g, ev: ev, done: make(chan error, 1)}
-	var err error
-	if req.targets, err = dbJSON(g.Targets); err != nil {
+	req, err := newGrantReq(ctx, g, ev)
+	if err != nil {
 		return fmt.Errorf("create grant %s: %w", g.ID, err)
-	}
-	if req.ports, err = dbJSON(g.Ports); err != nil {
-		return fmt.Errorf("create grant %s: %w", g.ID, err)
-	}
-	if req.ev.GrantID == "" {
-		req.ev.GrantID = g.ID
 	}
 
 	s.grants.mu.Lock()
@@ -138,6 +133,22 @@ type grantReq struct {
 	ev             api.AuditEvent
 	targets, ports string
 	done           chan error
+}
+
+// newGrantReq encodes g's list columns and names g in ev.
+func newGrantReq(ctx context.Context, g store.Grant, ev api.AuditEvent) (*grantReq, error) {
+	req := &grantReq{ctx: ctx, g: g, ev: ev, done: make(chan error, 1)}
+	var err error
+	if req.targets, err = dbJSON(g.Targets); err != nil {
+		return nil, err
+	}
+	if req.ports, err = dbJSON(g.Ports); err != nil {
+		return nil, err
+	}
+	if req.ev.GrantID == "" {
+		req.ev.GrantID = g.ID
+	}
+	return req, nil
 }
 
 // commitGrants stores batch in one transaction and answers every request.
@@ -193,7 +204,7 @@ func (s *Store) insertGrantRow(ctx context.Context, insGrant, insAudit *sql.Stmt
 	_, err := insGrant.ExecContext(ctx,
 		string(g.ID), string(g.DeviceID), g.User, g.App, string(g.AppID), string(g.GatewayID),
 		dbAddr(g.ClientIP), dbKey(g.ClientWGKey), r.targets, r.ports, string(g.Rule),
-		dbTime(orNow(g.CreatedAt)), g.NotAfter.UnixNano(), dbTime(g.RevokedAt), g.RevokeReason)
+		dbTime(orNow(g.CreatedAt)), g.NotAfter.UnixNano(), dbTime(g.RevokedAt), g.RevokeReason, g.Name, boolInt(g.Export))
 	if err != nil {
 		return dbErr(err)
 	}

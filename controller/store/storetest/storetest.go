@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,6 +50,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"DeleteUser", testDeleteUser},
 		{"Apps", testApps},
 		{"AppVirtualIPs", testAppVirtualIPs},
+		{"WildcardApps", testWildcardApps},
+		{"WildcardNames", testWildcardNames},
 		{"GatewayGroups", testGatewayGroups},
 		{"EnrolTokens", testEnrolTokens},
 		{"Gateways", testGateways},
@@ -61,6 +64,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"LiveGrants", testLiveGrants},
 		{"RenewGrant", testRenewGrant},
 		{"RevokeGrants", testRevokeGrants},
+		{"CreateExport", testCreateExport},
 		{"Audit", testAudit},
 		{"Flows", testFlows},
 		{"TimesUTC", testTimesUTC},
@@ -93,6 +97,11 @@ func RunReopen(t *testing.T, open func(t *testing.T) store.Store) {
 	if _, err := s.InsertPolicyRule(ctx, api.PolicyRule{ID: "rule_1", Action: api.Allow, Groups: []string{"eng"}, Apps: []string{"wiki"}, CreatedAt: t0}); err != nil {
 		t.Fatal(err)
 	}
+	corp := mustApp(t, s, store.App{Name: "corp", Domains: []string{"*.corp.internal"}, GatewayGroup: "site-a", Ports: ports(t, "tcp/443")})
+	name, _, err := s.AddWildcardName(ctx, store.WildcardName{AppID: corp.ID, Name: "a.corp.internal", CreatedAt: t0}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
@@ -109,6 +118,9 @@ func RunReopen(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 	if rules, err := s.PolicyRules(ctx); err != nil || len(rules) != 1 || rules[0].ID != "rule_1" {
 		t.Fatalf("after reopen PolicyRules = %+v, %v", rules, err)
+	}
+	if names, err := s.WildcardNames(ctx); err != nil || !reflect.DeepEqual(names, []store.WildcardName{name}) {
+		t.Fatalf("after reopen WildcardNames = %+v, %v; want [%+v]", names, err, name)
 	}
 	// New allocations continue past the old ones; a re-created app keeps
 	// its domain's address.
@@ -417,6 +429,85 @@ func testAppVirtualIPs(t *testing.T, s store.Store) {
 	wantEqual(t, "re-claimed domain VIP", c.VirtualIPs["a.corp.internal"], a.VirtualIPs["a.corp.internal"])
 }
 
+// testWildcardApps: a wildcard pattern is a domain of one app, with no
+// virtual IP of its own.
+func testWildcardApps(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	seed(t, s)
+	corp := mustApp(t, s, store.App{Name: "corp", Domains: []string{"*.corp.internal", "intranet.corp.internal"}, GatewayGroup: "site-a", Ports: ports(t, "tcp/443")})
+	wantEqual(t, "Domains", corp.Domains, []string{"*.corp.internal", "intranet.corp.internal"})
+	if _, ok := corp.VirtualIPs["*.corp.internal"]; ok || len(corp.VirtualIPs) != 1 {
+		t.Fatalf("VirtualIPs = %v; want one, for the exact domain only", corp.VirtualIPs)
+	}
+	_, err := s.CreateApp(ctx, store.App{Name: "corp2", Domains: []string{"*.corp.internal"}, GatewayGroup: "site-a", Ports: ports(t, "tcp/443")})
+	wantErr(t, "pattern of another app", err, store.ErrConflict)
+	// A longer pattern, and an exact name under the pattern, are other domains.
+	mustApp(t, s, store.App{Name: "dev", Domains: []string{"*.dev.corp.internal", "wiki.corp.internal"}, GatewayGroup: "site-a", Ports: ports(t, "tcp/443")})
+	got, err := s.App(ctx, "corp")
+	mustOK(t, err)
+	wantEqual(t, "App(corp)", got, corp)
+}
+
+// testWildcardNames: each name under a wildcard app gets a virtual IP of its
+// own, kept for good; names are capped per app and go with their app.
+func testWildcardNames(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	seed(t, s)
+	corp := mustApp(t, s, store.App{Name: "corp", Domains: []string{"*.corp.internal"}, GatewayGroup: "site-a", Ports: ports(t, "tcp/443")})
+	other := mustApp(t, s, store.App{Name: "other", Domains: []string{"*.other.internal"}, GatewayGroup: "site-a", Ports: ports(t, "tcp/443")})
+	add := func(app api.AppID, name string, limit int) (store.WildcardName, bool, error) {
+		t.Helper()
+		return s.AddWildcardName(ctx, store.WildcardName{AppID: app, Name: name, CreatedAt: t0}, limit)
+	}
+	a, added, err := add(corp.ID, "a.corp.internal", 2)
+	mustOK(t, err)
+	wantEqual(t, "first add", added, true)
+	if !Pools().Apps.Contains(a.VirtualIP) {
+		t.Fatalf("VirtualIP %v outside %v", a.VirtualIP, Pools().Apps)
+	}
+	again, added, err := add(corp.ID, "a.corp.internal", 2)
+	mustOK(t, err)
+	wantEqual(t, "second add added", added, false)
+	wantEqual(t, "second add", again, a)
+	b, _, err := add(corp.ID, "b.corp.internal", 2)
+	mustOK(t, err)
+	if b.VirtualIP == a.VirtualIP {
+		t.Fatalf("two names share %v", a.VirtualIP)
+	}
+	_, _, err = add(corp.ID, "c.corp.internal", 2)
+	wantErr(t, "past the limit", err, store.ErrLimit)
+	// The cap is per app, and a known name is no new name.
+	_, _, err = add(corp.ID, "a.corp.internal", 2)
+	mustOK(t, err)
+	o, _, err := add(other.ID, "x.other.internal", 2)
+	mustOK(t, err)
+	_, _, err = add("app_nope", "x.nope.internal", 2)
+	wantErr(t, "unknown app", err, store.ErrNotFound)
+
+	names, err := s.WildcardNames(ctx)
+	mustOK(t, err)
+	want := []store.WildcardName{a, b, o}
+	slices.SortFunc(want, func(x, y store.WildcardName) int {
+		return strings.Compare(string(x.AppID)+" "+x.Name, string(y.AppID)+" "+y.Name)
+	})
+	wantEqual(t, "WildcardNames", names, want)
+
+	// Deleting the app drops its names but not their addresses: a new app
+	// serving the same name gets the same address, and the cap starts over.
+	mustOK(t, s.DeleteApp(ctx, "corp"))
+	corp2 := mustApp(t, s, store.App{Name: "corp2", Domains: []string{"*.corp.internal"}, GatewayGroup: "site-a", Ports: ports(t, "tcp/443")})
+	b2, added, err := add(corp2.ID, "b.corp.internal", 1)
+	mustOK(t, err)
+	wantEqual(t, "re-added after delete", added, true)
+	wantEqual(t, "VIP after re-create", b2.VirtualIP, b.VirtualIP)
+	names, err = s.WildcardNames(ctx)
+	mustOK(t, err)
+	wantEqual(t, "WildcardNames after delete", len(names), 2)
+	// A name's address is the name's, exact domain or not.
+	exact := mustApp(t, s, store.App{Name: "a", Domains: []string{"a.corp.internal"}, GatewayGroup: "site-a", Ports: ports(t, "tcp/443")})
+	wantEqual(t, "exact domain VIP of a former wildcard name", exact.VirtualIPs["a.corp.internal"], a.VirtualIP)
+}
+
 // --- gateways ---------------------------------------------------------------
 
 func testGatewayGroups(t *testing.T, s store.Store) {
@@ -706,6 +797,20 @@ func testCreateGrant(t *testing.T, s store.Store) {
 
 	_, err = s.Grant(ctx, "grt_nope")
 	wantErr(t, "Grant unknown", err, store.ErrNotFound)
+
+	// A grant for one name under a wildcard keeps its name.
+	named := grantFixture(t, "grt_named", dev, "gw_1", t0.Add(10*time.Minute))
+	named.Name = "a.corp.internal"
+	named.Targets = []api.GrantTarget{{Prefix: netip.MustParsePrefix("100.96.0.9/32"), Host: "a.corp.internal"}}
+	mustOK(t, s.CreateGrant(ctx, named, allowEvent(named.ID)))
+	live, err := s.LiveGrantsFor(ctx, t0, dev.ID, named.AppID)
+	mustOK(t, err)
+	wantEqual(t, "LiveGrantsFor", live, []store.Grant{g, named})
+	mustOK(t, s.RenewGrant(ctx, named.ID, t0.Add(20*time.Minute), allowEvent(named.ID)))
+	named.NotAfter = t0.Add(20 * time.Minute)
+	got, err = s.Grant(ctx, named.ID)
+	mustOK(t, err)
+	wantEqual(t, "renewed named Grant", got, named)
 }
 
 func testLiveGrants(t *testing.T, s store.Store) {
