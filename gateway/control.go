@@ -1,13 +1,13 @@
 package gateway
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -106,46 +106,26 @@ func (g *Gateway) runStream(ctx context.Context) error {
 		return fmt.Errorf("hello: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	resp, err := g.api.Stream(ctx, "/v1/gateway/stream")
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	streamID := resp.Header.Get(api.HeaderStreamID)
-	g.setConnected(true)
-	g.log.Info("control stream up", "controller", g.api.URL(), "stream", streamID)
-
-	// The idle watchdog cancels the request when nothing arrives in time.
-	var lastRead atomic.Int64
-	lastRead.Store(time.Now().UnixNano())
-	go func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if time.Since(time.Unix(0, lastRead.Load())) > streamIdle {
-					g.log.Warn("control stream silent; reconnecting", "idle", streamIdle)
-					cancel()
-					return
-				}
-			}
+	var (
+		acks    *acker
+		ackDone = make(chan struct{})
+	)
+	defer func() {
+		cancel()
+		if acks != nil {
+			<-ackDone
 		}
 	}()
-	acks := newAcker(g, streamID)
-	ackDone := make(chan struct{})
-	go func() { defer close(ackDone); acks.run(ctx) }()
-	defer func() { cancel(); <-ackDone }()
-
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), maxEventBytes)
-	for sc.Scan() {
-		lastRead.Store(time.Now().UnixNano())
+	opened := func(resp *http.Response) {
+		streamID := resp.Header.Get(api.HeaderStreamID)
+		g.setConnected(true)
+		g.log.Info("control stream up", "controller", g.api.URL(), "stream", streamID)
+		acks = newAcker(g, streamID)
+		go func() { defer close(ackDone); acks.run(ctx) }()
+	}
+	return g.api.ReadLines(ctx, "/v1/gateway/stream", streamIdle, maxEventBytes, opened, func(line []byte) error {
 		var ev api.StreamEvent
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+		if err := json.Unmarshal(line, &ev); err != nil {
 			// A line we cannot read means we may miss a revocation: drop
 			// the stream and resync rather than carry on.
 			return fmt.Errorf("malformed stream event: %w", err)
@@ -156,11 +136,8 @@ func (g *Gateway) runStream(ctx context.Context) error {
 		if ev.Type != api.EventPing {
 			acks.ack(ev.Seq)
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read stream: %w", err)
-	}
-	return errors.New("controller closed the stream")
+		return nil
+	})
 }
 
 // apply changes the grant table and WireGuard peers for one event.

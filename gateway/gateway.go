@@ -198,6 +198,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	defer cancel()
 	n.SetTCPHandler(func(r *wg.TCPRequest) { g.handleTCP(ctx, r) })
 	n.SetUDPHandler(func(r *wg.UDPRequest) { g.handleUDP(ctx, r) })
+	n.SetEchoHandler(g.table.Reachable)
 	n.SetRefuseHook(func(src, dst netip.AddrPort) { g.refuse("tcp", src, dst, ErrDestination) })
 	g.runCtx = ctx
 	n.Bind().SetChecks(g.checkConfig(ctx, &g.bg))

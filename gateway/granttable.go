@@ -244,6 +244,27 @@ func (t *GrantTable) Authorize(src netip.Addr, dst netip.AddrPort, proto string)
 	return Authorized{}, reason
 }
 
+// Reachable reports whether client src holds a live grant with a target
+// covering dst, whatever the port: the gateway answers ping to such
+// addresses.
+func (t *GrantTable) Reachable(src, dst netip.Addr) bool {
+	now := t.now()
+	src, dst = src.Unmap(), dst.Unmap()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, e := range t.byClient[src] {
+		if !now.Before(e.g.NotAfter) {
+			continue
+		}
+		for _, tg := range e.g.Targets {
+			if tg.Prefix.Contains(dst) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Track registers a live connection of grant id so revocation or expiry
 // closes it. It fails (false) if the grant is gone, in which case the
 // caller must close c itself. release unregisters c.

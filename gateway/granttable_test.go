@@ -75,8 +75,25 @@ func TestAuthorize(t *testing.T) {
 			}
 		})
 	}
+	// Ping: any port, but only granted addresses of the client's own grants.
+	for _, r := range []struct {
+		src, dst string
+		want     bool
+	}{
+		{"100.64.0.1", "100.96.0.1", true},
+		{"100.64.0.1", "198.51.100.77", true},
+		{"100.64.0.1", "100.96.0.2", false},
+		{"100.64.0.2", "100.96.0.1", false},
+	} {
+		if got := tbl.Reachable(netip.MustParseAddr(r.src), netip.MustParseAddr(r.dst)); got != r.want {
+			t.Errorf("Reachable(%s, %s) = %v, want %v", r.src, r.dst, got, r.want)
+		}
+	}
 	// Expiry on the table's own clock.
 	clk.add(time.Minute)
+	if tbl.Reachable(alice, netip.MustParseAddr("100.96.0.1")) {
+		t.Error("Reachable after NotAfter")
+	}
 	if _, err := tbl.Authorize(alice, netip.MustParseAddrPort("100.96.0.1:443"), "tcp"); !errors.Is(err, ErrExpired) {
 		t.Fatalf("after NotAfter: %v", err)
 	}

@@ -54,7 +54,17 @@ type Client struct {
 	bearer  atomic.Pointer[string]
 	cert    atomic.Pointer[tls.Certificate]
 	timeout time.Duration
-	tr      *http.Transport
+	tr      *swapTransport
+}
+
+// swapTransport lets Reconnect replace the connection pool under the
+// http.Clients in use.
+type swapTransport struct {
+	cur atomic.Pointer[http.Transport]
+}
+
+func (t *swapTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	return t.cur.Load().RoundTrip(r)
 }
 
 // New returns a client; it does not connect.
@@ -87,14 +97,19 @@ func New(cfg Config) (*Client, error) {
 	if dial == nil {
 		dial = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	}
-	c.tr = &http.Transport{
+	tr := &http.Transport{
 		TLSClientConfig:     tlsCfg,
 		ForceAttemptHTTP2:   true,
 		DialContext:         dial,
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,
+		// A connection whose path died (the laptop moved, a NAT forgot
+		// it) is noticed by a ping within 20 s instead of never.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: 15 * time.Second, PingTimeout: 5 * time.Second},
 	}
+	c.tr = &swapTransport{}
+	c.tr.cur.Store(tr)
 	c.hc = &http.Client{Transport: c.tr, Timeout: c.timeout}
 	c.stream = &http.Client{Transport: c.tr}
 	return c, nil
@@ -116,7 +131,16 @@ func (c *Client) clientCert(*tls.CertificateRequestInfo) (*tls.Certificate, erro
 }
 
 // CloseIdle closes idle connections (after a certificate swap, say).
-func (c *Client) CloseIdle() { c.tr.CloseIdleConnections() }
+func (c *Client) CloseIdle() { c.tr.cur.Load().CloseIdleConnections() }
+
+// Reconnect makes every later request use new connections, for when the
+// old ones may be dead without knowing it (our address changed). Requests
+// in flight on old connections end when those do (a ping notices within
+// 20 s).
+func (c *Client) Reconnect() {
+	old := c.tr.cur.Swap(c.tr.cur.Load().Clone())
+	old.CloseIdleConnections()
+}
 
 // URL returns the controller's base URL.
 func (c *Client) URL() string { return c.base.String() }

@@ -53,6 +53,7 @@ type linkEndpoint struct {
 	// SYNs to martian destinations come from; see martianRST.
 	refuseFrom atomic.Pointer[netip.Addr]
 	onRefuse   atomic.Pointer[func(src, dst netip.AddrPort)]
+	onEcho     atomic.Pointer[func(src, dst netip.Addr) bool] // Forward mode; see echo.go
 
 	mu         sync.RWMutex // guards dispatcher, onClose
 	dispatcher stack.NetworkDispatcher
@@ -345,6 +346,12 @@ func (e *linkEndpoint) write(bufs [][]byte, offset int) (int, error) {
 				e.queueReply(rst)
 				if h := e.onRefuse.Load(); h != nil {
 					(*h)(flowOf(packet))
+				}
+				continue
+			}
+			if src, dst, ok := echoRequest4(packet); ok {
+				if h := e.onEcho.Load(); h != nil && (*h)(src, dst) {
+					e.queueReply(echoReply4(packet))
 				}
 				continue
 			}

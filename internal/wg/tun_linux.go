@@ -1,6 +1,7 @@
 package wg
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -255,6 +256,13 @@ func (t *TUN) delRoute(p netip.Prefix) error {
 	}
 	delete(t.routes, p)
 	return nil
+}
+
+// DialContext connects to addr with the kernel's stack, as any program on
+// the machine would: it goes through the device once a route leads there.
+func (t *TUN) DialContext(ctx context.Context, network string, addr netip.AddrPort) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, network, addr.String())
 }
 
 // KillConnections aborts every local TCP connection to an address inside

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"testing"
@@ -50,6 +51,7 @@ func tunPair(t *testing.T, name string) (*TUN, *Net) {
 	}
 	t.Cleanup(func() { gw.Close() })
 	echoTCP(t, gw)
+	gw.SetEchoHandler(func(src, dst netip.Addr) bool { return src == clientAddr && dst == appAddr.Addr() })
 	tn, err := NewTUN(TUNConfig{Name: name, PrivateKey: clKey, Address: clientAddr})
 	if err != nil {
 		t.Fatal(err)
@@ -121,6 +123,11 @@ func TestTUNRoutesCarryKernelTCP(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != string(msg) {
 		t.Fatalf("echo = %q, %v", buf, err)
+	}
+
+	// The gateway answers ping to the granted address.
+	if out, err := exec.Command("ping", "-c", "1", "-W", "3", appAddr.Addr().String()).CombinedOutput(); err != nil {
+		t.Errorf("ping %s: %v\n%s", appAddr.Addr(), err, out)
 	}
 
 	// wg show / wgctrl see the device through its UAPI socket.
