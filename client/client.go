@@ -13,11 +13,14 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/keyhole-net/keyhole/client/splitdns"
 	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/key"
 	"github.com/keyhole-net/keyhole/internal/nat"
 	"github.com/keyhole-net/keyhole/internal/trust"
 	"github.com/keyhole-net/keyhole/internal/wg"
@@ -34,8 +37,32 @@ type Config struct {
 	// with the WireGuard port (default: the interfaces' IPv4 addresses,
 	// loopback excluded).
 	HostAddrs []netip.Addr
-	Logger    *slog.Logger
-	Now       func() time.Time
+	// TUN runs the tunnel on a kernel TUN device (root or CAP_NET_ADMIN)
+	// instead of the userspace netstack: every program reaches granted
+	// apps, through routes added per grant (see tun.go).
+	TUN bool
+	// TUNName is the device name in TUN mode (default keyhole0).
+	TUNName string
+	// IdleRelease is how long a grant held in TUN mode lives on without
+	// traffic or lookups before the client gives it back (0: 10 minutes).
+	IdleRelease time.Duration
+	// NoDNS turns split DNS off in TUN mode: apps are then reached by
+	// address (keyhole connect grants and routes them).
+	NoDNS  bool
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// dataPlane is the client's WireGuard interface: a netstack in userspace
+// mode (*wg.Net), a kernel TUN device in TUN mode (*wg.TUN).
+type dataPlane interface {
+	UpsertPeer(wg.Peer) error
+	RemovePeer(key.WGPublic) error
+	Peers() ([]wg.PeerStatus, error)
+	Bind() *nat.Bind
+	Port() uint16
+	DialContext(ctx context.Context, network string, addr netip.AddrPort) (net.Conn, error)
+	Close() error
 }
 
 // Client holds the tunnel and the grants of one logged-in device. Create
@@ -45,19 +72,31 @@ type Client struct {
 	log  *slog.Logger
 	now  func() time.Time
 	sess *session
-	net  *wg.Net
+	net  dataPlane
+	tun  *wg.TUN // TUN mode only; the same device as net
 	sf   singleflight.Group
 
-	mu       sync.Mutex // guards grants, byDest, peers, idle, paths, srflx, ifaddrs, stun
-	grants   map[api.GrantID]*liveGrant
-	byDest   map[string]*liveGrant // request string ("wiki", "wiki.corp.internal") → grant
-	peers    map[api.GatewayID]api.Peer
-	idle     map[api.GatewayID]time.Time // peers with no grant left, since when
-	paths    map[api.GatewayID]*path
-	srflx    netip.AddrPort // our public address, as the STUN server saw it
-	ifaddrs  []netip.Addr   // the interfaces' addresses, refreshed with srflx
-	stun     netip.AddrPort // STUN server from the latest grant
-	renewNow chan struct{}
+	routesMu      sync.Mutex // orders syncRoutes calls
+	evMu          sync.Mutex // guards evCancel, evDone: the event stream in use
+	evCancel      context.CancelFunc
+	evDone        chan struct{}
+	lastIdleCheck time.Time // Run's goroutine only
+
+	mu             sync.Mutex // guards grants, byDest, peers, idle, paths, srflx, ifaddrs, stun, peerBytes
+	grants         map[api.GrantID]*liveGrant
+	byDest         map[string]*liveGrant // request string ("wiki", "wiki.corp.internal") → grant
+	peers          map[api.GatewayID]api.Peer
+	idle           map[api.GatewayID]time.Time // peers with no grant left, since when
+	paths          map[api.GatewayID]*path
+	srflx          netip.AddrPort           // our public address, as the STUN server saw it
+	ifaddrs        []netip.Addr             // the interfaces' addresses, refreshed with srflx
+	stun           netip.AddrPort           // STUN server from the latest grant
+	peerBytes      map[api.GatewayID]uint64 // TUN mode: rx+tx of each peer at the last idle check
+	renewNow       chan struct{}
+	started        chan struct{}
+	dns            atomic.Pointer[splitdns.Server] // TUN mode's resolver while it runs
+	sysDNS         *sysDNSState                    // set by runDNS before dns
+	domainsVersion string                          // guarded by mu
 }
 
 // liveGrant is a grant the client holds, with its use count: renewal runs
@@ -66,6 +105,10 @@ type liveGrant struct {
 	resp  api.GrantResponse
 	uses  int
 	conns map[*usedConn]struct{} // tunnel connections made under this grant
+	// held: the agent keeps the grant (TUN mode) until it is idle since
+	// active.
+	held   bool
+	active time.Time
 }
 
 // ErrDenied wraps a policy denial; its text is the controller's reason.
@@ -86,47 +129,91 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	n, err := wg.New(wg.Config{
-		PrivateKey: s.wgKey,
-		Addresses:  []netip.Addr{s.profile.OverlayIP},
-		MTU:        cfg.MTU,
-		Logger:     cfg.Logger.With("component", "wireguard"),
-	})
+	if cfg.IdleRelease <= 0 {
+		cfg.IdleRelease = defaultIdleRelease
+	}
+	var (
+		dp  dataPlane
+		tun *wg.TUN
+	)
+	if cfg.TUN {
+		tun, err = wg.NewTUN(wg.TUNConfig{
+			Name:       cfg.TUNName,
+			PrivateKey: s.wgKey,
+			Address:    s.profile.OverlayIP,
+			MTU:        cfg.MTU,
+			Logger:     cfg.Logger.With("component", "wireguard"),
+		})
+		dp = tun
+	} else {
+		dp, err = wg.New(wg.Config{
+			PrivateKey: s.wgKey,
+			Addresses:  []netip.Addr{s.profile.OverlayIP},
+			MTU:        cfg.MTU,
+			Logger:     cfg.Logger.With("component", "wireguard"),
+		})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	return &Client{
-		cfg: cfg, log: cfg.Logger, now: cfg.Now, sess: s, net: n,
-		grants:   make(map[api.GrantID]*liveGrant),
-		byDest:   make(map[string]*liveGrant),
-		peers:    make(map[api.GatewayID]api.Peer),
-		idle:     make(map[api.GatewayID]time.Time),
-		paths:    make(map[api.GatewayID]*path),
-		ifaddrs:  nat.InterfaceAddrs(),
-		renewNow: make(chan struct{}, 1),
-	}, nil
+	c := &Client{
+		cfg: cfg, log: cfg.Logger, now: cfg.Now, sess: s, net: dp, tun: tun,
+		grants:    make(map[api.GrantID]*liveGrant),
+		byDest:    make(map[string]*liveGrant),
+		peers:     make(map[api.GatewayID]api.Peer),
+		idle:      make(map[api.GatewayID]time.Time),
+		paths:     make(map[api.GatewayID]*path),
+		peerBytes: make(map[api.GatewayID]uint64),
+		renewNow:  make(chan struct{}, 1),
+		started:   make(chan struct{}),
+	}
+	c.ifaddrs = c.hostAddrs()
+	return c, nil
 }
+
+// Started is closed once Run has brought everything up (in TUN mode: the
+// device and split DNS).
+func (c *Client) Started() <-chan struct{} { return c.started }
 
 // Profile returns the login this client runs as.
 func (c *Client) Profile() Profile { return *c.sess.profile }
 
-// Run renews grants in use and keeps a status file for keyhole status,
-// until ctx is done; then it releases its grants and closes the tunnel.
+// Run renews grants in use, follows the device's event stream, serves split
+// DNS in TUN mode and keeps a status file for keyhole status, until ctx is
+// done; then it releases its grants and closes the tunnel (removing the TUN
+// device, its routes and the DNS settings). It fails early if split DNS
+// cannot be set up; Started is closed once everything is up.
 func (c *Client) Run(ctx context.Context) error {
 	defer c.net.Close()
 	c.net.Bind().SetChecks(c.checkConfig())
-	pathCtx, stopPaths := context.WithCancel(ctx)
-	pathsDone := make(chan struct{})
-	go func() { defer close(pathsDone); c.pathLoop(pathCtx) }()
-	defer func() { stopPaths(); <-pathsDone }()
+	bgCtx, stopBG := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	defer func() { stopBG(); bg.Wait() }()
+	bg.Add(2)
+	go func() { defer bg.Done(); c.pathLoop(bgCtx) }()
+	go func() { defer bg.Done(); c.eventLoop(bgCtx) }()
+	if c.tun != nil && !c.cfg.NoDNS {
+		ready := make(chan error, 1)
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			if err := c.runDNS(bgCtx, ready); err != nil && bgCtx.Err() == nil {
+				c.log.Error("split DNS stopped", "err", err)
+			}
+		}()
+		if err := <-ready; err != nil {
+			return fmt.Errorf("split DNS: %w", err)
+		}
+	}
+	close(c.started)
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	lastStatus := time.Time{}
 	for {
 		select {
 		case <-ctx.Done():
-			stopPaths()
-			<-pathsDone
+			stopBG()
+			bg.Wait()
 			c.releaseAll()
 			_ = os.Remove(filepath.Join(c.cfg.DataDir, fileStatus))
 			return nil
@@ -134,6 +221,7 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-c.renewNow:
 		}
 		c.renewDue(ctx)
+		c.releaseIdle(ctx)
 		c.reapIdlePeers()
 		if time.Since(lastStatus) > 2*time.Second {
 			c.writeStatus()
@@ -149,6 +237,7 @@ func (c *Client) Grant(ctx context.Context, dest, proto string, port uint16) (ap
 	c.mu.Lock()
 	if lg := c.byDest[dest]; lg != nil && c.now().Before(lg.resp.Grant.NotAfter) && (port == 0 || api.PortsContain(lg.resp.Grant.Ports, proto, port)) {
 		resp := lg.resp
+		lg.active = c.now()
 		c.mu.Unlock()
 		return resp, nil
 	}
@@ -181,6 +270,8 @@ func (c *Client) Grant(ctx context.Context, dest, proto string, port uint16) (ap
 		c.byDest[dest] = lg
 		c.byDest[resp.Grant.App] = lg
 		c.mu.Unlock()
+		c.hold(resp.Grant.ID)
+		c.syncRoutes()
 		c.log.Info("grant received", "grant_id", resp.Grant.ID, "app", resp.Grant.App, "gateway_id", resp.Peer.GatewayID, "not_after", resp.Grant.NotAfter)
 		return resp, nil
 	})
@@ -283,6 +374,7 @@ func (c *Client) drop(id api.GrantID, why string) {
 	if err != nil {
 		c.log.Warn("updating peer after drop", "gateway_id", gw, "err", err)
 	}
+	c.syncRoutes()
 }
 
 // peerIdle is how long a gateway peer without grants is kept.
@@ -338,7 +430,7 @@ func (c *Client) renewDue(ctx context.Context) {
 		switch {
 		case !now.Before(lg.resp.Grant.NotAfter):
 			expired = append(expired, id)
-		case !c.cfg.NoRenew && lg.uses > 0 && !now.Before(lg.resp.RenewAfter):
+		case !c.cfg.NoRenew && (lg.uses > 0 || lg.held) && !now.Before(lg.resp.RenewAfter):
 			due = append(due, id)
 		}
 	}
@@ -521,8 +613,14 @@ type Status struct {
 	User      string       `json:"user"`
 	DeviceID  api.DeviceID `json:"device_id"`
 	OverlayIP netip.Addr   `json:"overlay_ip"`
-	Grants    []api.Grant  `json:"grants"`
-	Peers     []PeerStatus `json:"peers"`
+	// Interface and Routes describe the TUN device (TUN mode only): the
+	// prefixes routed into it are exactly the live grants' targets.
+	Interface string         `json:"interface,omitempty"`
+	Routes    []netip.Prefix `json:"routes,omitempty"`
+	// DNS is the split resolver's address (TUN mode with DNS).
+	DNS    netip.AddrPort `json:"dns,omitzero"`
+	Grants []api.Grant    `json:"grants"`
+	Peers  []PeerStatus   `json:"peers"`
 }
 
 // PeerStatus is one gateway peer as WireGuard sees it.
@@ -541,6 +639,10 @@ type PeerStatus struct {
 // Status returns the client's current state.
 func (c *Client) Status() Status {
 	st := Status{PID: os.Getpid(), Updated: time.Now().UTC(), User: c.sess.profile.User, DeviceID: c.sess.profile.DeviceID, OverlayIP: c.sess.profile.OverlayIP}
+	if c.tun != nil {
+		st.Interface, st.Routes = c.tun.Name(), c.tun.Routes()
+	}
+	st.DNS = c.dnsAddr()
 	c.mu.Lock()
 	for _, lg := range c.grants {
 		st.Grants = append(st.Grants, lg.resp.Grant)

@@ -28,6 +28,7 @@ const (
 	OpStatus  = "status"  // answer: Status
 	OpConnect = "connect" // Target, Listen → Forward: a forward run by the agent
 	OpDown    = "down"    // the agent stops (releasing its grants)
+	OpRoute   = "route"   // Target → Grant: TUN mode grants and routes the app, held until idle
 )
 
 // ErrNoAgent means no agent serves the data directory.
@@ -45,6 +46,7 @@ type ControlResponse struct {
 	Error   string         `json:"error,omitempty"`
 	Status  *Status        `json:"status,omitempty"`
 	Forward *ForwardReport `json:"forward,omitempty"`
+	Grant   *api.Grant     `json:"grant,omitempty"`
 }
 
 // ForwardReport describes a forward the agent started.
@@ -139,6 +141,13 @@ func (c *Client) handleControl(ctx context.Context, wg *sync.WaitGroup, conn *ne
 			return
 		}
 		answer(ControlResponse{Forward: fr})
+	case OpRoute:
+		g, err := c.Route(ctx, req.Target)
+		if err != nil {
+			answer(ControlResponse{Error: err.Error()})
+			return
+		}
+		answer(ControlResponse{Grant: &g})
 	default:
 		answer(ControlResponse{Error: fmt.Sprintf("unknown operation %q", req.Op)})
 	}
@@ -178,6 +187,25 @@ func (c *Client) startForward(ctx context.Context, wg *sync.WaitGroup, req Contr
 	case err := <-errc:
 		return nil, fmt.Errorf("forward %s: %w", listen, err)
 	}
+}
+
+// Route grants target (APP or APP:PORT) in TUN mode: its addresses are
+// routed into the device and the agent holds the grant until it is idle.
+func (c *Client) Route(ctx context.Context, target string) (api.Grant, error) {
+	if c.tun == nil {
+		return api.Grant{}, errors.New("the agent runs in userspace mode (no TUN device); give --listen to forward a port, or restart it with keyhole up --tun")
+	}
+	dest, port, err := ParseTarget(target)
+	if err != nil {
+		return api.Grant{}, err
+	}
+	gctx, cancel := context.WithTimeout(ctx, controlTimeout)
+	defer cancel()
+	resp, err := c.Grant(gctx, dest, "tcp", port)
+	if err != nil {
+		return api.Grant{}, err
+	}
+	return resp.Grant, nil
 }
 
 // Control sends one request to the agent serving dir. It fails with

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,6 +36,9 @@ type path struct {
 	cand      nat.Candidate
 	chosen    time.Time
 	lastCheck time.Time // last liveness or upgrade attempt
+	// moved: our own addresses changed since the path was chosen, so it
+	// is chosen afresh without waiting for a check to fail.
+	moved bool
 }
 
 // pathName is api.PathDirect or api.PathRelayed.
@@ -111,11 +115,36 @@ func natCandidates(cs []api.Candidate) []nat.Candidate {
 	return out
 }
 
+// hostAddrs are the interfaces' addresses, without our own overlay address
+// (on the TUN device in TUN mode).
+func (c *Client) hostAddrs() []netip.Addr {
+	ov := c.sess.profile.OverlayIP
+	return slices.DeleteFunc(nat.InterfaceAddrs(), func(a netip.Addr) bool { return a == ov })
+}
+
+// networkChanged reacts to new local addresses (the laptop moved to another
+// network, or got a new address on this one): the controller connections
+// and the event stream may be dead, our public address is new, and the
+// gateways' NATs have never seen it. So: a fresh event stream, a fresh
+// public address, and every path chosen afresh with an early renewal that
+// tells each gateway where to punch.
+func (c *Client) networkChanged(ctx context.Context, addrs []netip.Addr) {
+	c.log.Info("local addresses changed; reconnecting", "addresses", addrs)
+	c.sess.api.Reconnect()
+	c.restartEvents()
+	c.learnReflexive(ctx)
+	c.mu.Lock()
+	for _, p := range c.paths {
+		p.moved, p.lastCheck = true, time.Time{}
+	}
+	c.mu.Unlock()
+}
+
 // learnReflexive asks the STUN server for our public address, and takes
 // a fresh look at the interfaces' addresses (candidates() is called for
 // every check answered, so it uses this copy).
 func (c *Client) learnReflexive(ctx context.Context) {
-	ifaddrs := nat.InterfaceAddrs()
+	ifaddrs := c.hostAddrs()
 	c.mu.Lock()
 	c.ifaddrs = ifaddrs
 	c.mu.Unlock()
@@ -379,13 +408,15 @@ func (c *Client) maintainPaths(ctx context.Context) {
 				continue
 			}
 		}
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, err := c.net.Bind().Check(cctx, j.cur.cand.Addr, string(id), key, c.candidates())
-		cancel()
-		if err == nil {
-			continue
+		if !j.cur.moved {
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			_, err := c.net.Bind().Check(cctx, j.cur.cand.Addr, string(id), key, c.candidates())
+			cancel()
+			if err == nil {
+				continue
+			}
+			c.log.Warn("path stopped answering; choosing again", "gateway_id", j.gw, "path", j.cur.name(), "endpoint", j.cur.cand.Addr)
 		}
-		c.log.Warn("path stopped answering; choosing again", "gateway_id", j.gw, "path", j.cur.name(), "endpoint", j.cur.cand.Addr)
 		c.learnReflexive(ctx)
 		// The gateway may have moved (NAT rebinding, new relay
 		// allocation): a renewal brings its current candidates.
@@ -403,7 +434,8 @@ func (c *Client) maintainPaths(ctx context.Context) {
 // refreshPeer renews grant id now, for the gateway's current candidates.
 func (c *Client) refreshPeer(ctx context.Context, id api.GrantID) {
 	var resp api.GrantResponse
-	if err := c.sess.api.Do(ctx, "POST", "/v1/grants/"+string(id)+"/renew", nil, &resp); err != nil {
+	req := api.GrantRenewal{Candidates: apiCandidates(c.candidates())}
+	if err := c.sess.api.Do(ctx, "POST", "/v1/grants/"+string(id)+"/renew", req, &resp); err != nil {
 		c.log.Debug("renewal for fresh candidates failed", "grant_id", id, "err", err)
 		return
 	}
@@ -417,6 +449,7 @@ func (c *Client) refreshPeer(ctx context.Context, id api.GrantID) {
 func (c *Client) pathLoop(ctx context.Context) {
 	c.learnReflexive(ctx)
 	lastSTUN := time.Now()
+	addrs := c.hostAddrs()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -424,6 +457,13 @@ func (c *Client) pathLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		// Polling the addresses every second costs one getifaddrs and
+		// works everywhere; a change is handled within the second.
+		if now := c.hostAddrs(); !slices.Equal(now, addrs) {
+			addrs = now
+			c.networkChanged(ctx, now)
+			lastSTUN = time.Now()
 		}
 		if time.Since(lastSTUN) >= stunEvery {
 			c.learnReflexive(ctx)

@@ -646,7 +646,11 @@ func adminGrantCmd(o *adminOpts) *cobra.Command {
 			return o.print(orEmpty(gs), func(w io.Writer) {
 				fmt.Fprintln(w, "ID\tUSER\tDEVICE\tAPP\tGATEWAY\tPORTS\tRULE\tEXPIRES")
 				for _, g := range gs {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.User, g.DeviceID, g.App, g.GatewayID, api.FormatPortRanges(g.Ports), g.Rule, fmtTime(g.NotAfter))
+					dev := string(g.DeviceID)
+					if g.Export {
+						dev += " (export)" // a stock WireGuard client's, made by that device
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.User, dev, g.App, g.GatewayID, api.FormatPortRanges(g.Ports), g.Rule, fmtTime(g.NotAfter))
 				}
 			})
 		}),

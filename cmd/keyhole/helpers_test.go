@@ -153,9 +153,15 @@ func (s *system) adminFlags() []string {
 	return []string{"--controller", s.box.URL, "--token", s.box.AdminToken, "--ca-fingerprint", s.box.Fingerprint}
 }
 
-func newBox(t *testing.T) *system {
+// newBox starts a controller; opts may change its config (a short grant
+// lifetime, say) before it starts.
+func newBox(t *testing.T, opts ...func(*onebox.Config)) *system {
 	t.Helper()
-	box, err := onebox.Start(context.Background(), onebox.Config{Dir: t.TempDir(), FastPasswords: true})
+	cfg := onebox.Config{Dir: t.TempDir(), FastPasswords: true}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	box, err := onebox.Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,9 +169,9 @@ func newBox(t *testing.T) *system {
 	return &system{box: box}
 }
 
-func newSystem(t *testing.T) *system {
+func newSystem(t *testing.T, opts ...func(*onebox.Config)) *system {
 	t.Helper()
-	s := newBox(t)
+	s := newBox(t, opts...)
 	ctx := context.Background()
 	var err error
 	if s.wiki, err = onebox.StartWebApp("wiki"); err != nil {

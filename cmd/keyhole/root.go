@@ -59,6 +59,7 @@ KEYHOLE_CA_FINGERPRINT, KEYHOLE_DATA, …), then the YAML file named by
 		c.relayCmd(),
 		c.loginCmd(),
 		c.connectCmd(),
+		c.exportCmd(),
 		c.upCmd(),
 		c.downCmd(),
 		c.statusCmd(),

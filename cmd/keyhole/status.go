@@ -6,14 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/keyhole-net/keyhole/client"
 	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/key"
 	"github.com/keyhole-net/keyhole/internal/trust"
 )
 
@@ -31,6 +34,52 @@ type statusReport struct {
 	// Agent says a `keyhole up` agent answered on its control socket.
 	Agent  bool           `json:"agent,omitempty"`
 	Client *client.Status `json:"client,omitempty"`
+	// WGError says why the TUN device's peers could not be read through
+	// wgctrl (the agent's own report is shown instead).
+	WGError string `json:"wg_error,omitempty"`
+}
+
+// wgctrlPeers replaces st.Peers' WireGuard figures with what wgctrl reads
+// from the TUN device's UAPI socket, keeping the agent's gateway and path
+// for each peer.
+func wgctrlPeers(st *client.Status) error {
+	wc, err := wgctrl.New()
+	if err != nil {
+		return fmt.Errorf("wgctrl: %w", err)
+	}
+	defer wc.Close()
+	dev, err := wc.Device(st.Interface)
+	if err != nil {
+		return fmt.Errorf("wgctrl: device %s: %w", st.Interface, err)
+	}
+	known := make(map[string]client.PeerStatus, len(st.Peers))
+	for _, p := range st.Peers {
+		known[p.PublicKey] = p
+	}
+	peers := make([]client.PeerStatus, 0, len(dev.Peers))
+	for _, p := range dev.Peers {
+		k, err := key.ParseWGPublic(p.PublicKey.String())
+		if err != nil {
+			continue
+		}
+		ps := known[k.String()]
+		ps.PublicKey = k.String()
+		ps.Endpoint = ""
+		if p.Endpoint != nil {
+			ps.Endpoint = p.Endpoint.String()
+		}
+		ps.AllowedIPs = ps.AllowedIPs[:0]
+		for _, n := range p.AllowedIPs {
+			if pfx, err := netip.ParsePrefix(n.String()); err == nil {
+				ps.AllowedIPs = append(ps.AllowedIPs, pfx)
+			}
+		}
+		ps.LastHandshake = p.LastHandshakeTime.UTC()
+		ps.RxBytes, ps.TxBytes = uint64(p.ReceiveBytes), uint64(p.TransmitBytes)
+		peers = append(peers, ps)
+	}
+	st.Peers = peers
+	return nil
 }
 
 func (c *cli) statusCmd() *cobra.Command {
@@ -78,6 +127,12 @@ func readStatus(dir string) (*statusReport, error) {
 	defer cancel()
 	if resp, err := client.Control(ctx, dir, client.ControlRequest{Op: client.OpStatus}); err == nil && resp.Status != nil {
 		rep.Running, rep.Agent, rep.Client = true, true, resp.Status
+		if st := rep.Client; st.Interface != "" {
+			// TUN mode: read the peers the way wg show does.
+			if err := wgctrlPeers(st); err != nil {
+				rep.WGError = err.Error()
+			}
+		}
 	} else if st, err := client.ReadStatus(dir); err == nil {
 		rep.Running = true
 		rep.Client = st
@@ -117,6 +172,25 @@ func printStatus(w io.Writer, rep *statusReport) error {
 	}
 	st := rep.Client
 	fmt.Fprintln(w)
+	if st.Interface != "" {
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "Tunnel:\tTUN %s (peers read through wgctrl; wg show %s works too)\n", st.Interface, st.Interface)
+		rs := make([]string, len(st.Routes))
+		for i, r := range st.Routes {
+			rs[i] = r.String()
+		}
+		fmt.Fprintf(tw, "Routes:\t%s\n", orDash(strings.Join(rs, ", ")))
+		if st.DNS.IsValid() {
+			fmt.Fprintf(tw, "Split DNS:\t%s\n", st.DNS)
+		}
+		if rep.WGError != "" {
+			fmt.Fprintf(tw, "WireGuard:\t%s\n", rep.WGError)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintln(w)
+	}
 	if len(st.Grants) == 0 {
 		fmt.Fprintln(w, "No grants.")
 	} else {

@@ -298,6 +298,34 @@ func (l *Lab) build(ctx context.Context) error {
 	return l.waitReachable(ctx)
 }
 
+// WriteEtc writes /etc/netns/<namespace>/name for host: "ip netns exec"
+// (Exec, and processes a test starts that way) sees it as /etc/name, e.g. a
+// resolv.conf. Teardown removes it.
+func (l *Lab) WriteEtc(host, name string, content []byte) error {
+	ns := l.Namespace(host)
+	if ns == "" {
+		return fmt.Errorf("lab: unknown host %q", host)
+	}
+	dir := filepath.Join("/etc/netns", ns)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), content, 0o644); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	return nil
+}
+
+// ReadEtc reads what WriteEtc wrote (or a process in the namespace changed
+// since).
+func (l *Lab) ReadEtc(host, name string) ([]byte, error) {
+	b, err := os.ReadFile(filepath.Join("/etc/netns", l.Namespace(host), name))
+	if err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	return b, nil
+}
+
 // writeHosts writes /etc/netns/<ns>/hosts for the site namespaces.
 func (l *Lab) writeHosts() error {
 	var b strings.Builder

@@ -7,17 +7,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/keyhole-net/keyhole/client"
 	"github.com/keyhole-net/keyhole/internal/api"
-	"github.com/keyhole-net/keyhole/internal/apiclient"
-	"github.com/keyhole-net/keyhole/internal/key"
-	"github.com/keyhole-net/keyhole/internal/trust"
 	"github.com/keyhole-net/keyhole/internal/wg"
 )
 
@@ -91,34 +85,12 @@ func TestMicrosegmentation(t *testing.T) {
 
 	// The rogue is alice's own device with a modified client: it logs in,
 	// asks for a grant for wiki only, then routes far more than that.
-	dir := t.TempDir()
-	if _, err := client.Login(ctx, client.LoginConfig{ControllerURL: f.box.URL, CAFingerprint: f.box.Fingerprint, User: "alice", Password: password, DataDir: dir}); err != nil {
-		t.Fatal(err)
-	}
-	creds, err := trust.LoadCredentials(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sess, err := os.ReadFile(filepath.Join(dir, "session.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ac, err := apiclient.New(apiclient.Config{URL: f.box.URL, Credentials: creds, Bearer: strings.TrimSpace(string(sess))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dev := f.loginDevice(t, "alice")
 	var grant api.GrantResponse
-	if err := ac.Do(ctx, "POST", "/v1/grants", api.GrantRequest{App: "wiki", Port: f.wiki.Port()}, &grant); err != nil {
+	if err := dev.api.Do(ctx, "POST", "/v1/grants", api.GrantRequest{App: "wiki", Port: f.wiki.Port()}, &grant); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "wg.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, err := key.ParseWGPrivate(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv := dev.wgPriv
 	apps, _ := f.box.Admin.Apps(ctx)
 	vip := map[string]netip.Addr{}
 	for _, a := range apps {

@@ -74,9 +74,12 @@ func Start(ctx context.Context, cfg Config) (*Box, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	ccfg := controller.Config{
-		DataDir:       filepath.Join(cfg.Dir, "controller"),
-		Listen:        cfg.Listen,
-		Names:         []string{"localhost", "127.0.0.1"},
+		DataDir: filepath.Join(cfg.Dir, "controller"),
+		Listen:  cfg.Listen,
+		Names:   []string{"localhost", "127.0.0.1"},
+		// Any free port: on one machine nobody needs the relay at the
+		// well-known 3478, and tests run several boxes at once.
+		RelayListen:   "127.0.0.1:0",
 		GrantLifetime: cfg.GrantLifetime,
 		Logger:        cfg.Logger.With("role", "controller"),
 	}
