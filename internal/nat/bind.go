@@ -132,7 +132,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if e, ok := ep.(*RelayEndpoint); ok {
 		return b.sendRelay(bufs, e)
 	}
-	return b.inner.Send(bufs, ep)
+	return sendGSO(b.inner, bufs, ep)
 }
 
 // ParseEndpoint parses an endpoint of the wrapped Bind, or a relayed one

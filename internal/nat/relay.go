@@ -168,7 +168,7 @@ func (s *sockConn) endBatch() error {
 		for k := i; k < j; k++ {
 			bufs = append(bufs, batch[k][:sizes[k]])
 		}
-		if e := s.b.inner.Send(bufs, s.ep); e != nil && err == nil {
+		if e := sendGSO(s.b.inner, bufs, s.ep); e != nil && err == nil {
 			err = e
 		}
 	}

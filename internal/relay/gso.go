@@ -19,10 +19,13 @@ import (
 // as one large packet instead of dozens of small ones.
 
 const (
-	// maxGSOSegments and maxGSOBytes are the kernel's limits for one UDP
-	// GSO send.
+	// maxGSOSegments is the kernel's limit of segments in one UDP GSO
+	// send. maxGSOBytes keeps the whole frame (Ethernet, IPv6 and UDP
+	// headers included) within the 64 KiB the kernel offloads; a bigger
+	// one (UDP allows 65,507 bytes) is segmented in software on our own
+	// CPU and then crosses every hop packet by packet.
 	maxGSOSegments = 64
-	maxGSOBytes    = 65507
+	maxGSOBytes    = 1<<16 - 14 - 40 - 8
 )
 
 // writeQueue holds one allocation's datagrams until the batch ends.

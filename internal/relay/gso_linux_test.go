@@ -213,11 +213,11 @@ func TestFlushGrouping(t *testing.T) {
 		{"shorter datagram to another destination", concat(run(peerA, 100, 2), run(peerB, 60, 1)), []int{2, 1}},
 		{"IPv6 destination", run(peerV6, 1280, 4), []int{4}},
 		{"full batch of maxDatagram hits the byte limit", run(peerA, maxDatagram, readBatch), []int{31, 1}},
-		{"full batch just under the byte limit", run(peerA, 2047, readBatch), []int{32}},
+		{"full batch just under the byte limit", run(peerA, 2046, readBatch), []int{32}},
 		{"64-segment limit", run(peerA, 100, 130), []int{64, 64, 2}},
 		{"64 segments of 1024 exceed the byte limit", run(peerA, 1024, 64), []int{63, 1}},
-		{"byte limit reached exactly", concat(run(peerA, 1024, 63), run(peerA, 995, 1)), []int{64}},
-		{"byte limit exceeded by one", concat(run(peerA, 1024, 63), run(peerA, 996, 1)), []int{63, 1}},
+		{"byte limit reached exactly", concat(run(peerA, 1024, 63), run(peerA, maxGSOBytes-63*1024, 1)), []int{64}},
+		{"byte limit exceeded by one", concat(run(peerA, 1024, 63), run(peerA, maxGSOBytes-63*1024+1, 1)), []int{63, 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakeBatchConn{t: t}
