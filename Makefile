@@ -28,10 +28,11 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 20m ./cmd/keyhole/internal/onebox/
 	$(BIN) bench
 
-# NAT traversal figures in the network-namespace lab (root): first byte and
-# throughput, direct vs relayed vs the lab's plain routed path.
+# Figures in the network-namespace lab (root): NAT traversal (first byte and
+# throughput, direct vs relayed vs the lab's plain routed path) and TUN mode
+# (throughput vs stock wireguard-go in the same lab, resolver latency).
 bench-lab:
-	KEYHOLE_E2E=1 KEYHOLE_LAB_BENCH=1 $(GO) test -count=1 -v -run '^TestLabFigures$$' -timeout 20m ./cmd/keyhole/
+	KEYHOLE_E2E=1 KEYHOLE_LAB_BENCH=1 $(GO) test -count=1 -v -run '^TestLab(TUN)?Figures$$' -timeout 20m ./cmd/keyhole/
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)

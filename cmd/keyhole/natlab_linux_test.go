@@ -104,6 +104,8 @@ func (nl *natLab) stopController() {
 type natLabOpts struct {
 	lab    lab.Config
 	coturn bool // use coturn on Internet2 instead of the embedded relay
+	// grantLifetime is the controller's (0: its default).
+	grantLifetime time.Duration
 }
 
 // nsDial returns a dialer whose sockets are created inside host's
@@ -173,6 +175,7 @@ func newNATLab(t *testing.T, o natLabOpts) *natLab {
 			}
 		},
 	}
+	cfg.GrantLifetime = o.grantLifetime
 	if o.coturn {
 		secret := "lab-relay-secret-" + hex.EncodeToString(mark[:])
 		cfg.RelayListen = controller.RelayOff
@@ -354,15 +357,16 @@ func (nl *natLab) runCmd(host, stdin string, args ...string) (string, error) {
 
 // startGateway enrols and runs a gateway on the Gateway host and waits
 // until the controller has its candidates, relay included.
-func (nl *natLab) startGateway() *proc {
+func (nl *natLab) startGateway(extra ...string) *proc {
 	t := nl.t
 	t.Helper()
 	tok, err := nl.admin.GatewayToken(nl.ctx, "site", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := nl.spawn("gateway", lab.Gateway, "", "gateway", "--controller", nl.url, "--token", tok.Token,
-		"--ca-fingerprint", nl.fp, "--data", t.TempDir(), "--name", "site-gw", "--log-level", "debug")
+	args := append([]string{"gateway", "--controller", nl.url, "--token", tok.Token,
+		"--ca-fingerprint", nl.fp, "--data", t.TempDir(), "--name", "site-gw", "--log-level", "debug"}, extra...)
+	p := nl.spawn("gateway", lab.Gateway, "", args...)
 	waitFor(t, 20*time.Second, func() string {
 		gs, err := nl.admin.Gateways(nl.ctx)
 		if err != nil || len(gs) == 0 || !gs[0].Connected {

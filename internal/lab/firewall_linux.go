@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -158,4 +159,25 @@ func packetCount(listing, comment string) (uint64, error) {
 		return n, nil
 	}
 	return 0, fmt.Errorf("%s: %w", comment, errNoRule)
+}
+
+// ForwardUDP opens an inbound UDP port on router's WAN address and forwards
+// it to dst on the LAN, the way a site admin would for a peer that cannot
+// punch through NAT (a stock WireGuard client of an exported config).
+// Keyhole itself never needs it.
+func (l *Lab) ForwardUDP(ctx context.Context, router string, port uint16, dst netip.AddrPort) error {
+	ns := l.Namespace(router)
+	if router != Home && router != Site {
+		return fmt.Errorf("lab: %q is not a router", router)
+	}
+	p := fmt.Sprint(port)
+	for _, args := range [][]string{
+		{"-t", "nat", "-I", "PREROUTING", "-i", wanIf, "-p", "udp", "--dport", p, "-j", "DNAT", "--to-destination", dst.String()},
+		{"-I", "KH-WAN-IN", "1", "-p", "udp", "-d", dst.Addr().String(), "--dport", fmt.Sprint(dst.Port()), "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"},
+	} {
+		if _, err := run(ctx, append([]string{"ip", "netns", "exec", ns, "iptables"}, args...)...); err != nil {
+			return fmt.Errorf("lab: forward %s udp/%d to %s: %w", router, port, dst, err)
+		}
+	}
+	return nil
 }
