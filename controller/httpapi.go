@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -68,6 +69,12 @@ func storeErr(what string, err error) error {
 // writeError answers with the JSON error for err. Errors that are not
 // apiErrors are internal: logged with detail, answered without it.
 func (c *Controller) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil && errors.Is(err, context.Canceled) {
+		// The client went away, or the controller is shutting down:
+		// nobody reads an answer, and nothing went wrong here.
+		c.log.Debug("request ended before its answer", "method", r.Method, "path", r.URL.Path, "err", err)
+		return
+	}
 	var ae *apiError
 	if !errors.As(err, &ae) {
 		var mbe *http.MaxBytesError
