@@ -491,6 +491,36 @@ func TestLabTUN(t *testing.T) {
 		<-p.done
 		tl.checkClean(t)
 	})
+
+	t.Run("IdleRelease", func(t *testing.T) {
+		p := tl.startAgent("--idle-release", "2s")
+		if out, err := tl.curl("http://" + lab.AppName + "/"); err != nil || !strings.Contains(out, tl.marker) {
+			t.Fatalf("curl: %v\n%s", err, out)
+		}
+		if len(tl.tunRoutes()) != 1 {
+			t.Fatalf("routes after the lookup: %v", tl.tunRoutes())
+		}
+		// Keepalives do not count as use: the grant goes back, and its
+		// route with it.
+		waitFor(t, 20*time.Second, func() string {
+			if rs := tl.tunRoutes(); len(rs) != 0 {
+				return fmt.Sprintf("routes still %v", rs)
+			}
+			if n := tl.grantCount(t); n != 0 {
+				return fmt.Sprintf("%d grants still live at the controller", n)
+			}
+			return ""
+		})
+		// And the next lookup asks again.
+		if out, err := tl.curl("http://" + lab.AppName + "/"); err != nil || !strings.Contains(out, tl.marker) {
+			t.Fatalf("curl after the idle release: %v\n%s", err, out)
+		}
+		if out, err := tl.runCmd(lab.Client, "", "down", "--data", tl.dataDir); err != nil {
+			t.Fatalf("keyhole down: %v\n%s", err, out)
+		}
+		<-p.done
+		tl.checkClean(t)
+	})
 }
 
 // checkClean fails unless the client namespace is as before any agent: no
