@@ -45,6 +45,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzGrantMessage -fuzztime 30s ./gateway/
 	$(GO) test -run '^$$' -fuzz FuzzClassify -fuzztime 30s ./internal/nat/
 	$(GO) test -run '^$$' -fuzz FuzzParseUsername -fuzztime 30s ./internal/relay/
+	$(GO) test -run '^$$' -fuzz FuzzHandle -fuzztime 30s ./client/splitdns/
+	$(GO) test -run '^$$' -fuzz FuzzHostName -fuzztime 30s ./controller/
+	$(GO) test -run '^$$' -fuzz FuzzEchoRequest4 -fuzztime 30s ./internal/wg/
 
 clean:
 	rm -rf bin
