@@ -59,6 +59,12 @@ type LoginConfig struct {
 	Password      string
 	DeviceName    string
 	DataDir       string
+	// MFACode is the second factor for a user with MFA: a TOTP code or a
+	// recovery code. When it is empty and the controller asks for one
+	// (mfa_required), PromptMFA, if set, is called for it and the login
+	// is sent again.
+	MFACode   string
+	PromptMFA func() (string, error)
 }
 
 // Login authenticates the user, enrols this device (or re-keys it when the
@@ -103,10 +109,17 @@ func Login(ctx context.Context, cfg LoginConfig) (*Profile, error) {
 		return nil, err
 	}
 	var resp api.LoginResponse
-	err = pinned.Do(ctx, "POST", "/v1/login", api.LoginRequest{
+	req := api.LoginRequest{
 		User: cfg.User, Password: cfg.Password, DeviceID: deviceID, DeviceName: cfg.DeviceName,
-		CSR: csr, WGPublicKey: wgKey.Public(),
-	}, &resp)
+		CSR: csr, WGPublicKey: wgKey.Public(), MFACode: cfg.MFACode,
+	}
+	err = pinned.Do(ctx, "POST", "/v1/login", req, &resp)
+	if apiclient.IsCode(err, api.CodeMFARequired) && req.MFACode == "" && cfg.PromptMFA != nil {
+		if req.MFACode, err = cfg.PromptMFA(); err != nil {
+			return nil, fmt.Errorf("login: %w", err)
+		}
+		err = pinned.Do(ctx, "POST", "/v1/login", req, &resp)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("login: %w", err)
 	}

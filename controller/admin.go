@@ -381,7 +381,7 @@ func (c *Controller) handlePolicyAdd(w http.ResponseWriter, r *http.Request, a a
 	}
 	rule, err := c.store.InsertPolicyRule(r.Context(), api.PolicyRule{
 		ID: api.RuleID(auth.NewID("rule")), Position: req.Position, Action: req.Action, Users: req.Users,
-		Groups: req.Groups, Apps: req.Apps, Description: req.Description, CreatedAt: c.now(),
+		Groups: req.Groups, Apps: req.Apps, RuleConditions: req.RuleConditions, Description: req.Description, CreatedAt: c.now(),
 	})
 	if err != nil {
 		return err
@@ -459,10 +459,21 @@ func (c *Controller) handleDeviceUpdate(w http.ResponseWriter, r *http.Request, 
 	if req.Disabled != nil {
 		d.Disabled = *req.Disabled
 	}
+	if req.Approved != nil {
+		d.Approved = *req.Approved
+	}
 	if err := c.store.UpdateDevice(r.Context(), d); err != nil {
 		return err
 	}
-	c.adminAudit(r, a, "admin.device.update", api.AuditEvent{DeviceID: id, User: d.User})
+	if req.Disabled != nil || req.Approved == nil {
+		c.adminAudit(r, a, "admin.device.update", api.AuditEvent{DeviceID: id, User: d.User})
+	}
+	switch {
+	case req.Approved != nil && *req.Approved:
+		c.adminAudit(r, a, "admin.device.approve", api.AuditEvent{DeviceID: id, User: d.User, Reason: "device approved"})
+	case req.Approved != nil:
+		c.adminAudit(r, a, "admin.device.unapprove", api.AuditEvent{DeviceID: id, User: d.User, Reason: "device approval withdrawn"})
+	}
 	if err := c.reevaluate(r.Context(), "device "+string(id)+" changed", a.actor()); err != nil {
 		return err
 	}

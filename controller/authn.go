@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
+	"time"
 
 	"github.com/keyhole-net/keyhole/controller/auth"
 	"github.com/keyhole-net/keyhole/controller/store"
@@ -22,6 +23,9 @@ func (a adminCaller) actor() string { return "admin:" + a.tokenID }
 type deviceCaller struct {
 	device store.Device
 	user   store.User
+	// MFAAt is when the session's login checked a second factor (zero:
+	// password only), for rules that want MFA within N minutes.
+	MFAAt time.Time
 }
 
 func (d deviceCaller) actor() string { return "user:" + d.user.Name }
@@ -120,7 +124,7 @@ func (c *Controller) authDevice(r *http.Request) (deviceCaller, error) {
 	if u.Disabled {
 		return deviceCaller{}, errf(http.StatusForbidden, api.CodeForbidden, "user %s is disabled; ask an admin", u.Name)
 	}
-	return deviceCaller{device: d, user: u}, nil
+	return deviceCaller{device: d, user: u, MFAAt: s.MFAAt}, nil
 }
 
 func (c *Controller) gateway(fn func(http.ResponseWriter, *http.Request, gatewayCaller) error) handler {

@@ -5,8 +5,8 @@
 // It owns the CA and the store; it never touches packets.
 //
 // Subpackages hold the pieces with one job each: policy (pure evaluation),
-// store (persistence), auth (passwords, tokens), ca (certificates), ipam
-// (address allocation).
+// store (persistence), auth (passwords, tokens, TOTP), ca (certificates),
+// ipam (address allocation).
 package controller
 
 import (
@@ -84,6 +84,22 @@ type Config struct {
 	RelayTap func(from, to netip.AddrPort, payload []byte)
 	// Password holds argon2id parameters (zero: auth defaults).
 	Password auth.Params
+	// RequireDeviceApproval makes new devices start unapproved: an
+	// unapproved device gets no grant until an admin approves it
+	// (PATCH /v1/devices/{id}, keyhole admin device approve). Without it
+	// new devices are approved when they enrol.
+	RequireDeviceApproval bool
+	// TimeCheckInterval is how often live grants of apps under rules with a
+	// time window or an MFA age are re-checked, so that access ends when a
+	// window closes (default DefaultTimeCheckInterval).
+	TimeCheckInterval time.Duration
+	// MFAKey seals users' TOTP secrets at rest (auth.SealKeyBytes bytes;
+	// default: DATA/mfa.key, made on first start). Controllers sharing a
+	// database must share it.
+	MFAKey []byte
+	// OIDC, when set, enables single sign-on with an OpenID Connect
+	// provider (POST /v1/login/oidc/…).
+	OIDC *OIDCConfig
 	// Logger receives logs (nil: discard).
 	Logger *slog.Logger
 	// Now is the clock (nil: time.Now).
@@ -112,6 +128,11 @@ type Controller struct {
 	catalogMu sync.Mutex
 
 	firstAdminToken auth.Token // set only on the first start
+
+	mfaSealer *auth.Sealer   // seals TOTP secrets in the store
+	logins    *loginThrottle // failed logins per user and source
+
+	oidc *oidcRP // nil without an OIDC provider
 
 	relaySecret []byte
 	relay       *relay.Server // embedded relay; nil when off
@@ -151,6 +172,9 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if cfg.MaxWildcardNames <= 0 {
 		cfg.MaxWildcardNames = DefaultMaxWildcardNames
 	}
+	if cfg.TimeCheckInterval <= 0 {
+		cfg.TimeCheckInterval = DefaultTimeCheckInterval
+	}
 	if cfg.Password == (auth.Params{}) {
 		cfg.Password = auth.DefaultParams
 	}
@@ -173,6 +197,10 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if c.relaySecret, err = loadRelaySecret(cfg); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
+	if c.mfaSealer, err = loadMFASealer(cfg); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	c.logins = newLoginThrottle()
 	c.ca, created, err = ca.LoadOrCreate(ca.Config{Dir: cfg.DataDir, Names: cfg.Names, Now: c.now})
 	if err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
@@ -184,6 +212,12 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 			return nil, fmt.Errorf("controller: %w", err)
 		}
 		c.ownsDB = true
+	}
+	if cfg.OIDC != nil {
+		if c.oidc, err = newOIDCRP(*cfg.OIDC, c.log, c.now); err != nil {
+			c.Close()
+			return nil, fmt.Errorf("controller: %w", err)
+		}
 	}
 	c.metrics = newMetrics()
 	c.hub = newStreamHub(c.log, c.metrics)
@@ -291,6 +325,13 @@ func (c *Controller) Run(ctx context.Context) error {
 	relayDone := make(chan struct{})
 	relayCtx, stopRelay := context.WithCancel(ctx)
 	defer func() { stopRelay(); <-relayDone }()
+	timeDone := make(chan struct{})
+	timeCtx, stopTime := context.WithCancel(ctx)
+	defer func() { stopTime(); <-timeDone }()
+	go func() {
+		defer close(timeDone)
+		c.watchTime(timeCtx)
+	}()
 	go func() {
 		defer close(relayDone)
 		if c.relay != nil {
@@ -323,6 +364,9 @@ func (c *Controller) Close() error {
 		if c.relay != nil {
 			c.relay.Close()
 		}
+		if c.oidc != nil {
+			c.oidc.close()
+		}
 		if c.ownsDB && c.store != nil {
 			err = c.store.Close()
 		}
@@ -347,6 +391,7 @@ func (c *Controller) routes() http.Handler {
 	h("POST /v1/users", c.admin(c.handleUserAdd))
 	h("PATCH /v1/users/{name}", c.admin(c.handleUserUpdate))
 	h("DELETE /v1/users/{name}", c.admin(c.handleUserDelete))
+	h("DELETE /v1/users/{name}/mfa", c.admin(c.handleUserMFAReset))
 	h("GET /v1/groups", c.admin(c.handleGroupList))
 	h("POST /v1/groups", c.admin(c.handleGroupAdd))
 	h("GET /v1/apps", c.admin(c.handleAppList))
@@ -359,6 +404,7 @@ func (c *Controller) routes() http.Handler {
 	h("GET /v1/policies", c.admin(c.handlePolicyList))
 	h("POST /v1/policies", c.admin(c.handlePolicyAdd))
 	h("DELETE /v1/policies/{id}", c.admin(c.handlePolicyDelete))
+	h("GET /v1/why", c.admin(c.handleWhy))
 	h("GET /v1/devices", c.admin(c.handleDeviceList))
 	h("PATCH /v1/devices/{id}", c.admin(c.handleDeviceUpdate))
 	h("GET /v1/grants", c.admin(c.handleGrantList))
@@ -367,7 +413,10 @@ func (c *Controller) routes() http.Handler {
 
 	// Clients.
 	h("POST /v1/login", c.handleLogin)
+	c.oidcRoutes(h)
 	h("POST /v1/logout", c.device(c.handleLogout))
+	h("POST /v1/mfa/enrol", c.device(c.handleMFAEnrol))
+	h("POST /v1/mfa/confirm", c.device(c.handleMFAConfirm))
 	h("POST /v1/device/certificate", c.device(c.handleDeviceCert))
 	h("GET /v1/device/domains", c.device(c.handleDeviceDomains))
 	h("GET /v1/device/events", c.device(c.handleDeviceEvents))

@@ -160,6 +160,17 @@ type testDevice struct {
 
 // login enrols a new device for user.
 func (e *testEnv) login(user string) *testDevice {
+	e.t.Helper()
+	d, _, err := e.tryLogin(api.LoginRequest{User: user, Password: testPassword})
+	if err != nil {
+		e.t.Fatalf("login %s: %v", user, err)
+	}
+	return d
+}
+
+// tryLogin completes req with a new device's keys and CSR, sends it and
+// returns the logged-in device, or the error.
+func (e *testEnv) tryLogin(req api.LoginRequest) (*testDevice, api.LoginResponse, error) {
 	t := e.t
 	t.Helper()
 	ctx := context.Background()
@@ -188,10 +199,9 @@ func (e *testEnv) login(user string) *testDevice {
 		t.Fatal(err)
 	}
 	var resp api.LoginResponse
-	if err := pinned.Do(ctx, "POST", "/v1/login", api.LoginRequest{
-		User: user, Password: testPassword, DeviceName: "laptop", CSR: csr, WGPublicKey: wgKey.Public(),
-	}, &resp); err != nil {
-		t.Fatalf("login %s: %v", user, err)
+	req.DeviceName, req.CSR, req.WGPublicKey = "laptop", csr, wgKey.Public()
+	if err := pinned.Do(ctx, "POST", "/v1/login", req, &resp); err != nil {
+		return nil, resp, err
 	}
 	cert, err := trust.ParseCertPEM(resp.Certificate)
 	if err != nil {
@@ -204,7 +214,7 @@ func (e *testEnv) login(user string) *testDevice {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.CloseIdle)
-	return &testDevice{t: t, id: resp.DeviceID, api: c}
+	return &testDevice{t: t, id: resp.DeviceID, api: c}, resp, nil
 }
 
 // grant asks for a grant for dest.

@@ -21,7 +21,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/keyhole-net/keyhole/controller/policy"
 	"github.com/keyhole-net/keyhole/controller/store"
 	"github.com/keyhole-net/keyhole/internal/api"
 	"github.com/keyhole-net/keyhole/internal/key"
@@ -68,7 +67,7 @@ func (c *Controller) handleExportRequest(w http.ResponseWriter, r *http.Request,
 		return badRequest("ttl %v: want %v to %v; exports are not renewed, so export again when one ends", ttl, c.minExportTTL(), MaxExportTTL)
 	}
 	ev := api.AuditEvent{Actor: d.actor(), User: d.user.Name, DeviceID: d.device.ID, Source: remoteAddr(r)}
-	app, dec, err := c.decideExport(r.Context(), d, req.App, &ev)
+	app, dec, err := c.decideExport(r, d, req.App, &ev)
 	if err != nil {
 		return err
 	}
@@ -83,33 +82,32 @@ func (c *Controller) handleExportRequest(w http.ResponseWriter, r *http.Request,
 // decideExport resolves dest to an app and evaluates the policy for d's
 // user; a denial is audited (export.deny) and returned as the API error.
 // It fills in ev.App.
-func (c *Controller) decideExport(ctx context.Context, d deviceCaller, dest string, ev *api.AuditEvent) (store.App, policy.Decision, error) {
+func (c *Controller) decideExport(r *http.Request, d deviceCaller, dest string, ev *api.AuditEvent) (store.App, verdict, error) {
+	ctx := r.Context()
 	cat := c.catalog.Load()
 	// Wildcard names get their addresses on demand, for grants; an export
 	// covers what an app holds for good.
 	m, ok, err := cat.resolveDest(dest, func(netip.Addr) (string, bool) { return "", false })
 	if err != nil {
-		return store.App{}, policy.Decision{}, err
+		return store.App{}, verdict{}, err
 	}
 	if !ok {
 		ev.Type, ev.App, ev.Reason = "export.deny", dest, fmt.Sprintf("no app matches %q", dest)
 		c.audit(ctx, *ev)
 		c.metrics.grantsDenied.Inc()
-		return store.App{}, policy.Decision{}, notFound("no app matches %q; ask an admin which apps exist (keyhole admin app list)", dest)
+		return store.App{}, verdict{}, notFound("no app matches %q; ask an admin which apps exist (keyhole admin app list)", dest)
 	}
 	if m.name != "" {
-		return store.App{}, policy.Decision{}, badRequest("%s is a name under a wildcard domain of app %s; exports cover an app's exact domains and addresses only", m.name, m.app.Name)
+		return store.App{}, verdict{}, badRequest("%s is a name under a wildcard domain of app %s; exports cover an app's exact domains and addresses only", m.name, m.app.Name)
 	}
 	ev.App = m.app.Name
-	dec := cat.policy.Evaluate(policy.Subject{User: d.user.Name, Groups: d.user.Groups}, m.app.Name)
+	dec, _ := c.decide(cat, c.subject(r, d), m.app.Name, false)
 	if !dec.Allow {
 		ev.Type, ev.Rule, ev.Reason = "export.deny", dec.Rule, dec.Reason
 		c.audit(ctx, *ev)
 		c.metrics.grantsDenied.Inc()
 		c.log.Info("export denied", "user", d.user.Name, "device_id", d.device.ID, "app", m.app.Name, "rule", dec.Rule, "reason", dec.Reason)
-		e := errf(http.StatusForbidden, api.CodeDenied, "%s", dec.Reason)
-		e.body.Rule = dec.Rule
-		return store.App{}, policy.Decision{}, e
+		return store.App{}, verdict{}, denied(dec.Decision)
 	}
 	return m.app, dec, nil
 }
@@ -117,7 +115,7 @@ func (c *Controller) decideExport(ctx context.Context, d deviceCaller, dest stri
 // issueExport stores an export grant of app for the stock client with key
 // pub, pushes it to a gateway the client can reach directly and waits for
 // the gateway's ack, and answers with what the client's config needs.
-func (c *Controller) issueExport(ctx context.Context, d deviceCaller, app store.App, dec policy.Decision, ev api.AuditEvent, pub key.WGPublic, ttl time.Duration) (api.ExportResponse, error) {
+func (c *Controller) issueExport(ctx context.Context, d deviceCaller, app store.App, dec verdict, ev api.AuditEvent, pub key.WGPublic, ttl time.Duration) (api.ExportResponse, error) {
 	targets := grantTargets(app)
 	if len(targets) == 0 {
 		return api.ExportResponse{}, badRequest("app %s has no fixed address to export (only wildcard domains); ask an admin for an app with exact domains or addresses", app.Name)

@@ -59,15 +59,13 @@ func (c *Controller) handleGrantRequest(w http.ResponseWriter, r *http.Request, 
 		c.metrics.grantsDenied.Inc()
 		return errf(http.StatusForbidden, api.CodeDenied, "%s", reason)
 	}
-	dec := cat.policy.Evaluate(policy.Subject{User: d.user.Name, Groups: d.user.Groups}, app.Name)
+	dec, _ := c.decide(cat, c.subject(r, d), app.Name, false)
 	if !dec.Allow {
 		base.Type, base.Rule, base.Reason = "grant.deny", dec.Rule, dec.Reason+nameNote(m.name)
 		c.audit(r.Context(), base)
 		c.metrics.grantsDenied.Inc()
 		c.log.Info("grant denied", "user", d.user.Name, "device_id", d.device.ID, "app", app.Name, "name", m.name, "rule", dec.Rule, "reason", dec.Reason)
-		e := errf(http.StatusForbidden, api.CodeDenied, "%s", dec.Reason)
-		e.body.Rule = dec.Rule
-		return e
+		return denied(dec.Decision)
 	}
 	if err := validCandidates(req.Candidates); err != nil {
 		return err
@@ -93,7 +91,7 @@ func (c *Controller) handleGrantRequest(w http.ResponseWriter, r *http.Request, 
 // same app and name through a connected gateway, extends) a grant for
 // targets, pushes it to the gateway and waits for the gateway's ack before
 // answering: the client's first handshake must find the gateway ready.
-func (c *Controller) issue(ctx context.Context, d deviceCaller, m match, targets []api.GrantTarget, dec policy.Decision, ev api.AuditEvent, cands []api.Candidate) (api.GrantResponse, error) {
+func (c *Controller) issue(ctx context.Context, d deviceCaller, m match, targets []api.GrantTarget, dec verdict, ev api.AuditEvent, cands []api.Candidate) (api.GrantResponse, error) {
 	app := m.app
 	now := c.now()
 	live, err := c.store.LiveGrantsFor(ctx, now, d.device.ID, app.ID)
@@ -124,13 +122,14 @@ func (c *Controller) issue(ctx context.Context, d deviceCaller, m match, targets
 	return c.grantResponse(g, gw), nil
 }
 
-// extend gives a live grant a new NotAfter and pushes the update.
-func (c *Controller) extend(ctx context.Context, g store.Grant, dec policy.Decision, ev api.AuditEvent, cands []api.Candidate) (api.GrantResponse, error) {
+// extend gives a live grant a new NotAfter and the facts of the decision
+// that allowed it, and pushes the update.
+func (c *Controller) extend(ctx context.Context, g store.Grant, dec verdict, ev api.AuditEvent, cands []api.Candidate) (api.GrantResponse, error) {
 	now := c.now()
-	g.NotAfter = now.Add(c.cfg.GrantLifetime)
+	g.NotAfter, g.Facts = now.Add(c.cfg.GrantLifetime), dec.facts()
 	g.Rule = dec.Rule
 	ev.Type, ev.Time, ev.GrantID, ev.GatewayID, ev.Rule, ev.Reason = "grant.renew", now, g.ID, g.GatewayID, dec.Rule, dec.Reason+nameNote(g.Name)
-	if err := c.store.RenewGrant(ctx, g.ID, g.NotAfter, ev); err != nil {
+	if err := c.store.RenewGrant(ctx, g.ID, g.NotAfter, g.Facts, ev); err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			return api.GrantResponse{}, errf(http.StatusGone, api.CodeExpired, "grant %s expired or was revoked; request a new one", g.ID)
 		}
@@ -151,9 +150,9 @@ func (c *Controller) extend(ctx context.Context, g store.Grant, dec policy.Decis
 	return c.grantResponse(g, info), nil
 }
 
-// newGrant is a fresh grant of app for d's user through gateway gw; the
-// caller sets the client's address and key.
-func newGrant(d deviceCaller, app store.App, gw api.GatewayID, targets []api.GrantTarget, dec policy.Decision, now, notAfter time.Time) store.Grant {
+// newGrant is a fresh grant of app for d's user through gateway gw, with
+// the facts dec was made on; the caller sets the client's address and key.
+func newGrant(d deviceCaller, app store.App, gw api.GatewayID, targets []api.GrantTarget, dec verdict, now, notAfter time.Time) store.Grant {
 	return store.Grant{
 		Grant: api.Grant{
 			ID:        api.GrantID(auth.NewID("grt")),
@@ -168,6 +167,7 @@ func newGrant(d deviceCaller, app store.App, gw api.GatewayID, targets []api.Gra
 			NotAfter:  notAfter,
 		},
 		AppID: app.ID,
+		Facts: dec.facts(),
 	}
 }
 
@@ -259,14 +259,12 @@ func (c *Controller) handleGrantRenew(w http.ResponseWriter, r *http.Request, d 
 		_, _ = c.revoke(r.Context(), []api.GrantID{id}, why, d.actor())
 		return errf(http.StatusGone, api.CodeExpired, "%s; grant %s revoked, request %s again", why, id, g.Name)
 	}
-	dec := cat.policy.Evaluate(policy.Subject{User: d.user.Name, Groups: d.user.Groups}, name)
+	dec, _ := c.decide(cat, c.subject(r, d), name, false)
 	if !dec.Allow {
 		ev.Type, ev.Rule, ev.Reason, ev.GrantID = "grant.deny", dec.Rule, dec.Reason, id
 		c.audit(r.Context(), ev)
 		_, _ = c.revoke(r.Context(), []api.GrantID{id}, "renewal denied: "+dec.Reason, d.actor())
-		e := errf(http.StatusForbidden, api.CodeDenied, "%s", dec.Reason)
-		e.body.Rule = dec.Rule
-		return e
+		return denied(dec.Decision)
 	}
 	resp, err := c.extend(r.Context(), g, dec, ev, req.Candidates)
 	if err != nil {
@@ -356,8 +354,16 @@ func (c *Controller) reevaluate(ctx context.Context, why, actor string) error {
 	if err := c.reloadCatalog(ctx); err != nil {
 		return err
 	}
-	cat := c.catalog.Load()
-	live, err := c.store.LiveGrants(ctx, c.now(), "", "")
+	return c.recheck(ctx, c.catalog.Load(), why, actor, nil)
+}
+
+// recheck re-checks the live grants that keep accepts (nil: all) against
+// cat, the current users and devices, and the facts each grant was last
+// allowed on, at the current time; it revokes those no longer allowed,
+// with why and the reason.
+func (c *Controller) recheck(ctx context.Context, cat *catalog, why, actor string, keep func(store.Grant) bool) error {
+	now := c.now()
+	live, err := c.store.LiveGrants(ctx, now, "", "")
 	if err != nil {
 		return fmt.Errorf("reevaluate: %w", err)
 	}
@@ -365,6 +371,9 @@ func (c *Controller) reevaluate(ctx context.Context, why, actor string) error {
 	devices := make(map[api.DeviceID]*store.Device)
 	byReason := make(map[string][]api.GrantID)
 	for _, g := range live {
+		if keep != nil && !keep(g) {
+			continue
+		}
 		u, ok := users[g.User]
 		if !ok {
 			if uu, err := c.store.User(ctx, g.User); err == nil {
@@ -395,7 +404,10 @@ func (c *Controller) reevaluate(ctx context.Context, why, actor string) error {
 		case cat.stillMatches(g) != "":
 			reason = cat.stillMatches(g)
 		default:
-			dec := cat.policy.Evaluate(policy.Subject{User: u.Name, Groups: u.Groups}, name)
+			dec, _ := c.decide(cat, policy.Subject{
+				User: u.Name, Groups: u.Groups, Time: now, Source: g.Facts.Source, MFAAt: g.Facts.MFAAt,
+				Device: dv.ID, DeviceApproved: dv.Approved,
+			}, name, false)
 			if !dec.Allow {
 				reason = "policy no longer allows it: " + dec.Reason
 			}

@@ -34,49 +34,46 @@ func (c *Controller) handleLogin(w http.ResponseWriter, r *http.Request) error {
 	if len(req.Password) > maxPasswordBytes {
 		return badRequest("password longer than %d bytes", maxPasswordBytes)
 	}
-	if req.DeviceName == "" {
-		req.DeviceName = "device"
+	if len(req.MFACode) > maxMFACodeBytes {
+		return badRequest("mfa_code longer than %d bytes", maxMFACodeBytes)
 	}
-	if len(req.DeviceName) > 64 {
+	device := api.LoginDevice{DeviceID: req.DeviceID, DeviceName: req.DeviceName, CSR: req.CSR, WGPublicKey: req.WGPublicKey}
+	if err := checkLoginDevice(&device); err != nil {
+		return err
+	}
+	u, proof, err := c.checkLogin(r, req, c.now())
+	if err != nil {
+		return err
+	}
+	return c.finishLogin(w, r, u, device, proof)
+}
+
+// checkLoginDevice checks the device part of a login request, defaulting
+// its name.
+func checkLoginDevice(d *api.LoginDevice) error {
+	if d.DeviceName == "" {
+		d.DeviceName = "device"
+	}
+	if len(d.DeviceName) > 64 {
 		return badRequest("device_name longer than 64 characters")
 	}
-	if req.WGPublicKey.IsZero() {
+	if d.WGPublicKey.IsZero() {
 		return badRequest("wg_public_key is required")
 	}
-	if _, err := trust.ParseCSR(req.CSR); err != nil {
+	if _, err := trust.ParseCSR(d.CSR); err != nil {
 		return badRequest("%v", err)
 	}
-	now := c.now()
-	fail := func(reason string) error {
-		c.audit(r.Context(), api.AuditEvent{Type: "login.fail", Time: now, Actor: "user:" + req.User, User: req.User, Source: remoteAddr(r), Reason: reason})
-		c.log.Info("login refused", "user", req.User, "source", remoteAddr(r), "reason", reason)
-		return unauthorized("wrong user name or password")
-	}
-	u, err := c.store.User(r.Context(), req.User)
-	if errors.Is(err, store.ErrNotFound) {
-		auth.DummyVerify(req.Password, c.cfg.Password)
-		return fail("unknown user")
-	}
-	if err != nil {
-		return err
-	}
-	if u.PasswordHash == "" {
-		auth.DummyVerify(req.Password, c.cfg.Password)
-		return fail("no password set")
-	}
-	ok, err := auth.VerifyPassword(u.PasswordHash, req.Password)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return fail("wrong password")
-	}
-	if u.Disabled {
-		c.audit(r.Context(), api.AuditEvent{Type: "login.fail", Time: now, Actor: "user:" + u.Name, User: u.Name, Source: remoteAddr(r), Reason: "user disabled"})
-		return errf(http.StatusForbidden, api.CodeForbidden, "user %s is disabled; ask an admin", u.Name)
-	}
+	return nil
+}
 
+// finishLogin completes the login of an authenticated user u (password or
+// OIDC): it enrols (or re-keys) the device, signs its certificate, opens a
+// session bound to it (with the MFA time of proof), audits (with proof.how,
+// if set, as the reason) and answers with the LoginResponse.
+func (c *Controller) finishLogin(w http.ResponseWriter, r *http.Request, u store.User, req api.LoginDevice, proof loginProof) error {
+	now := c.now()
 	var dev store.Device
+	var err error
 	if req.DeviceID != "" {
 		dev, err = c.store.Device(r.Context(), req.DeviceID)
 		if errors.Is(err, store.ErrNotFound) || (err == nil && dev.User != u.Name) {
@@ -110,6 +107,7 @@ func (c *Controller) handleLogin(w http.ResponseWriter, r *http.Request) error {
 		dev, err = c.store.CreateDevice(r.Context(), store.Device{
 			ID: api.DeviceID(auth.NewID("dev")), User: u.Name, Name: req.DeviceName,
 			WGPublicKey: req.WGPublicKey, CreatedAt: now, LastSeen: now,
+			Approved: !c.cfg.RequireDeviceApproval,
 		})
 		if err != nil {
 			return storeErr("device", err)
@@ -123,12 +121,12 @@ func (c *Controller) handleLogin(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	sess := store.Session{Hash: auth.HashToken(tok.Reveal()), DeviceID: dev.ID, User: u.Name, CreatedAt: now, ExpiresAt: now.Add(c.cfg.SessionLifetime)}
+	sess := store.Session{Hash: auth.HashToken(tok.Reveal()), DeviceID: dev.ID, User: u.Name, CreatedAt: now, ExpiresAt: now.Add(c.cfg.SessionLifetime), MFAAt: proof.mfaAt}
 	if err := c.store.CreateSession(r.Context(), sess); err != nil {
 		return err
 	}
-	c.audit(r.Context(), api.AuditEvent{Type: "login", Time: now, Actor: "user:" + u.Name, User: u.Name, DeviceID: dev.ID, Source: remoteAddr(r)})
-	c.log.Info("login", "user", u.Name, "device_id", dev.ID, "source", remoteAddr(r))
+	c.audit(r.Context(), api.AuditEvent{Type: "login", Time: now, Actor: "user:" + u.Name, User: u.Name, DeviceID: dev.ID, Source: remoteAddr(r), Reason: proof.how})
+	c.log.Info("login", "user", u.Name, "device_id", dev.ID, "source", remoteAddr(r), "how", proof.how)
 	writeJSON(w, http.StatusOK, api.LoginResponse{
 		DeviceID: dev.ID, User: u.Name, Session: tok.Reveal(), SessionExpiresAt: sess.ExpiresAt,
 		Certificate: trust.CertPEM(cert.Raw), OverlayIP: dev.OverlayIP, STUN: c.relayAddr,

@@ -40,24 +40,33 @@ func loadRelaySecret(cfg Config) ([]byte, error) {
 		return cfg.RelaySecret, nil
 	}
 	path := filepath.Join(cfg.DataDir, "relay.secret")
+	s, err := loadOrCreateSecret(path)
+	if err != nil {
+		return nil, fmt.Errorf("relay secret: %w", err)
+	}
+	if len(s) < 16 {
+		return nil, fmt.Errorf("relay secret %s: at least 16 characters", path)
+	}
+	return []byte(s), nil
+}
+
+// loadOrCreateSecret returns the text of the secret file path, first
+// writing 32 random bytes in hex to it (mode 0600) if it does not exist.
+func loadOrCreateSecret(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err == nil {
-		s := strings.TrimSpace(string(b))
-		if len(s) < 16 {
-			return nil, fmt.Errorf("relay secret %s: at least 16 characters", path)
-		}
-		return []byte(s), nil
+		return strings.TrimSpace(string(b)), nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("relay secret: %w", err)
+		return "", err
 	}
 	var raw [32]byte
 	_, _ = rand.Read(raw[:])
 	s := hex.EncodeToString(raw[:])
 	if err := trust.WriteSecret(path, []byte(s+"\n")); err != nil {
-		return nil, fmt.Errorf("relay secret: %w", err)
+		return "", err
 	}
-	return []byte(s), nil
+	return s, nil
 }
 
 // startRelay binds the embedded relay next to the API listener l, unless

@@ -46,6 +46,7 @@ are read from that directory; elsewhere give --token and --ca-fingerprint
 		adminGatewayCmd(o),
 		adminPolicyCmd(o),
 		adminDeviceCmd(o),
+		adminWhyCmd(o),
 		adminGrantCmd(o),
 		adminAuditCmd(o),
 		adminFlowCmd(o),
@@ -165,13 +166,17 @@ func adminUserCmd(o *adminOpts) *cobra.Command {
 				return err
 			}
 			return o.print(orEmpty(us), func(w io.Writer) {
-				fmt.Fprintln(w, "NAME\tID\tGROUPS\tSTATUS\tCREATED")
+				fmt.Fprintln(w, "NAME\tID\tGROUPS\tSTATUS\tMFA\tCREATED")
 				for _, u := range us {
 					st := "enabled"
 					if u.Disabled {
 						st = "disabled"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", u.Name, u.ID, list(u.Groups), st, date(u.CreatedAt))
+					mfa := "-"
+					if u.MFA {
+						mfa = "totp"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", u.Name, u.ID, list(u.Groups), st, mfa, date(u.CreatedAt))
 				}
 			})
 		}),
@@ -204,7 +209,18 @@ func adminUserCmd(o *adminOpts) *cobra.Command {
 			return o.done("removed", args[0], "Removed user "+args[0])
 		}),
 	}
-	cmd.AddCommand(add, ls, disable, enable, rm)
+	mfaReset := &cobra.Command{
+		Use:   "mfa-reset NAME",
+		Short: "Remove a user's MFA and recovery codes (a lost phone); logins need only the password until they enrol again",
+		Args:  cobra.ExactArgs(1),
+		RunE: o.run(func(ctx context.Context, a *apiclient.Admin, args []string) error {
+			if err := a.ResetMFA(ctx, args[0]); err != nil {
+				return err
+			}
+			return o.done("mfa_reset", args[0], "Removed the MFA of user "+args[0]+"; they can enrol again with keyhole mfa enroll")
+		}),
+	}
+	cmd.AddCommand(add, ls, disable, enable, rm, mfaReset)
 	return cmd
 }
 
@@ -245,15 +261,16 @@ func adminGroupCmd(o *adminOpts) *cobra.Command {
 
 // --- apps ----------------------------------------------------------------
 
-// parseAddresses parses --address values: a bare IP becomes a /32 (/128),
-// a CIDR must name its network (no host bits).
-func parseAddresses(ss []string) ([]netip.Prefix, error) {
+// parseAddresses parses the values of an address flag (--address,
+// --source): a bare IP becomes a /32 (/128), a CIDR must name its network
+// (no host bits).
+func parseAddresses(flag string, ss []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, s := range ss {
 		s = strings.TrimSpace(s)
 		if ip, err := netip.ParseAddr(s); err == nil {
 			if ip.Zone() != "" {
-				return nil, fmt.Errorf("--address %q: no zone, please", s)
+				return nil, fmt.Errorf("%s %q: no zone, please", flag, s)
 			}
 			ip = ip.Unmap()
 			out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
@@ -261,10 +278,10 @@ func parseAddresses(ss []string) ([]netip.Prefix, error) {
 		}
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return nil, fmt.Errorf("--address %q: want an IP (10.0.0.5) or a CIDR (10.20.0.0/24)", s)
+			return nil, fmt.Errorf("%s %q: want an IP (10.0.0.5) or a CIDR (10.20.0.0/24)", flag, s)
 		}
 		if p.Masked() != p {
-			return nil, fmt.Errorf("--address %q: host bits are set; did you mean %s (or %s alone)?", s, p.Masked(), p.Addr())
+			return nil, fmt.Errorf("%s %q: host bits are set; did you mean %s (or %s alone)?", flag, s, p.Masked(), p.Addr())
 		}
 		out = append(out, p)
 	}
@@ -287,7 +304,7 @@ func adminAppCmd(o *adminOpts) *cobra.Command {
 			// Everything that can be checked here is, before any request.
 			req := api.AppCreate{Name: args[0], GatewayGroup: gwGroup}
 			var err error
-			if req.Addresses, err = parseAddresses(addresses); err != nil {
+			if req.Addresses, err = parseAddresses("--address", addresses); err != nil {
 				return err
 			}
 			for _, d := range domains {
@@ -496,14 +513,25 @@ func adminPolicyCmd(o *adminOpts) *cobra.Command {
 		groups, users, apps []string
 		position            int
 		description         string
+		conds               conditionFlags
 	)
 	add := &cobra.Command{
-		Use:     "add (--allow|--deny) [--group G]… [--user U]… --app A…",
-		Short:   "Add a rule (appended, or before the rule now at --position)",
-		Example: "  keyhole admin policy add --allow --group eng --app wiki --description 'engineers read the wiki'",
-		Args:    cobra.NoArgs,
+		Use:   "add (--allow|--deny) [--group G]… [--user U]… --app A… [conditions]",
+		Short: "Add a rule (appended, or before the rule now at --position)",
+		Long: `Add a rule. Conditions are optional and must all hold for the rule to match:
+an allow rule whose conditions fail does not match (evaluation goes on, and
+a request nothing else allows is denied with the unmet conditions); a deny
+rule denies only when its conditions hold.`,
+		Example: `  keyhole admin policy add --allow --group eng --app wiki --description 'engineers read the wiki'
+  keyhole admin policy add --allow --group finance --app payroll --mfa-within 15m --source 198.51.100.0/24 --require-approved-device
+  keyhole admin policy add --deny --group contractors --app payroll --days mon-fri --hours 08:00-18:00 --tz Europe/Berlin --outside-hours`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := api.PolicyRuleCreate{Users: users, Groups: groups, Apps: apps, Position: position, Description: description}
+			var err error
+			if req.RuleConditions, err = conds.conditions(); err != nil {
+				return err
+			}
 			switch {
 			case allow == deny:
 				return errors.New("give exactly one of --allow or --deny")
@@ -540,6 +568,7 @@ func adminPolicyCmd(o *adminOpts) *cobra.Command {
 	f.StringSliceVar(&apps, "app", nil, "app the rule covers (repeatable; * for any)")
 	f.IntVar(&position, "position", 0, "insert before the rule now at this 1-based position (0: append)")
 	f.StringVar(&description, "description", "", "why the rule exists")
+	conds.register(f)
 
 	ls := &cobra.Command{
 		Use:   "list",
@@ -551,11 +580,11 @@ func adminPolicyCmd(o *adminOpts) *cobra.Command {
 				return err
 			}
 			return o.print(orEmpty(rs), func(w io.Writer) {
-				fmt.Fprintln(w, "POS\tID\tACTION\tGROUPS\tUSERS\tAPPS\tDESCRIPTION")
+				fmt.Fprintln(w, "POS\tID\tACTION\tGROUPS\tUSERS\tAPPS\tCONDITIONS\tDESCRIPTION")
 				for _, r := range rs {
-					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Position, r.ID, r.Action, list(r.Groups), list(r.Users), list(r.Apps), r.Description)
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Position, r.ID, r.Action, list(r.Groups), list(r.Users), list(r.Apps), dash(r.RuleConditions.String()), r.Description)
 				}
-				fmt.Fprintln(w, "-\t(default)\tdeny\t*\t*\t*\tnothing matched")
+				fmt.Fprintln(w, "-\t(default)\tdeny\t*\t*\t*\t-\tnothing matched")
 			})
 		}),
 	}
@@ -583,13 +612,17 @@ func ruleText(r api.PolicyRule) string {
 	if len(r.Users) > 0 {
 		subj = append(subj, "user "+strings.Join(r.Users, ","))
 	}
-	return fmt.Sprintf("%s %s → %s", r.Action, strings.Join(subj, " and "), strings.Join(r.Apps, ","))
+	s := fmt.Sprintf("%s %s → %s", r.Action, strings.Join(subj, " and "), strings.Join(r.Apps, ","))
+	if c := r.RuleConditions.String(); c != "" {
+		s += " when " + c
+	}
+	return s
 }
 
 // --- devices, grants -----------------------------------------------------
 
 func adminDeviceCmd(o *adminOpts) *cobra.Command {
-	cmd := groupCmd("device", "List, disable and enable devices")
+	cmd := groupCmd("device", "List, disable, enable and approve devices")
 	ls := &cobra.Command{
 		Use:   "list",
 		Short: "List devices",
@@ -600,35 +633,42 @@ func adminDeviceCmd(o *adminOpts) *cobra.Command {
 				return err
 			}
 			return o.print(orEmpty(ds), func(w io.Writer) {
-				fmt.Fprintln(w, "ID\tUSER\tNAME\tOVERLAY IP\tSTATUS\tLAST SEEN")
+				fmt.Fprintln(w, "ID\tUSER\tNAME\tOVERLAY IP\tSTATUS\tAPPROVED\tLAST SEEN")
 				for _, d := range ds {
 					st := "enabled"
 					if d.Disabled {
 						st = "disabled"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.User, d.Name, d.OverlayIP, st, date(d.LastSeen))
+					approved := "yes"
+					if !d.Approved {
+						approved = "no"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.User, d.Name, d.OverlayIP, st, approved, date(d.LastSeen))
 				}
 			})
 		}),
 	}
-	setDisabled := func(disabled bool) func(context.Context, *apiclient.Admin, []string) error {
-		return func(ctx context.Context, a *apiclient.Admin, args []string) error {
-			d, err := a.UpdateDevice(ctx, api.DeviceID(args[0]), api.DeviceUpdate{Disabled: &disabled})
+	// update applies u to the device named by the argument and says what
+	// happened with done (format, then the device's ID and user).
+	update := func(u api.DeviceUpdate, done string) func(*cobra.Command, []string) error {
+		return o.run(func(ctx context.Context, a *apiclient.Admin, args []string) error {
+			d, err := a.UpdateDevice(ctx, api.DeviceID(args[0]), u)
 			if err != nil {
 				return err
 			}
-			return o.print(d, func(w io.Writer) {
-				if disabled {
-					fmt.Fprintf(w, "Disabled device %s (%s); its grants are revoked\n", d.ID, d.User)
-				} else {
-					fmt.Fprintf(w, "Enabled device %s (%s)\n", d.ID, d.User)
-				}
-			})
-		}
+			return o.print(d, func(w io.Writer) { fmt.Fprintf(w, done+"\n", d.ID, d.User) })
+		})
 	}
-	disable := &cobra.Command{Use: "disable ID", Short: "Disable a device (revokes its grants at once)", Args: cobra.ExactArgs(1), RunE: o.run(setDisabled(true))}
-	enable := &cobra.Command{Use: "enable ID", Short: "Enable a device", Args: cobra.ExactArgs(1), RunE: o.run(setDisabled(false))}
-	cmd.AddCommand(ls, disable, enable)
+	yes, no := true, false
+	disable := &cobra.Command{Use: "disable ID", Short: "Disable a device (revokes its grants at once)", Args: cobra.ExactArgs(1),
+		RunE: update(api.DeviceUpdate{Disabled: &yes}, "Disabled device %s (%s); its grants are revoked")}
+	enable := &cobra.Command{Use: "enable ID", Short: "Enable a device", Args: cobra.ExactArgs(1),
+		RunE: update(api.DeviceUpdate{Disabled: &no}, "Enabled device %s (%s)")}
+	approve := &cobra.Command{Use: "approve ID", Short: "Approve a device (needed with --require-device-approval, and by rules that require an approved device)", Args: cobra.ExactArgs(1),
+		RunE: update(api.DeviceUpdate{Approved: &yes}, "Approved device %s (%s)")}
+	unapprove := &cobra.Command{Use: "unapprove ID", Short: "Withdraw a device's approval (revokes the grants that need it)", Args: cobra.ExactArgs(1),
+		RunE: update(api.DeviceUpdate{Approved: &no}, "Withdrew the approval of device %s (%s); grants that need an approved device are revoked")}
+	cmd.AddCommand(ls, disable, enable, approve, unapprove)
 	return cmd
 }
 

@@ -19,6 +19,7 @@ func (c *cli) controllerCmd() *cobra.Command {
 		names       []string
 		relayAddr   string
 		relaySecret string
+		sso         oidcControllerFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -45,6 +46,11 @@ the token (shown once; also saved in DATA/admin.token).`,
 				}
 				cfg.RelaySecret = bytes.TrimSpace(b)
 			}
+			oc, err := sso.config()
+			if err != nil {
+				return err
+			}
+			cfg.OIDC = oc
 			ctrl, err := controller.New(ctx, cfg)
 			if err != nil {
 				return err
@@ -81,8 +87,10 @@ the token (shown once; also saved in DATA/admin.token).`,
 	f.DurationVar(&cfg.GrantLifetime, "grant-lifetime", controller.DefaultGrantLifetime, "lifetime of a grant before renewal")
 	f.DurationVar(&cfg.SessionLifetime, "session-lifetime", controller.DefaultSessionLifetime, "how long a login lasts")
 	f.DurationVar(&cfg.CertLifetime, "cert-lifetime", controller.DefaultCertLifetime, "lifetime of device and gateway certificates")
+	f.BoolVar(&cfg.RequireDeviceApproval, "require-device-approval", false, "new devices start unapproved and get no grant until an admin approves them (keyhole admin device approve ID)")
 	f.StringVar(&cfg.RelayListen, "relay-listen", "", `UDP address of the embedded TURN relay and STUN server (default: the --listen host, port 3478; "off" for an external relay)`)
 	f.StringVar(&relayAddr, "relay-addr", "", "relay address handed to gateways and clients, IP:port (default: the embedded relay's; required for an external relay such as coturn)")
+	sso.register(f)
 	f.StringVar(&relaySecret, "relay-secret-file", "", "file with the relay's shared secret, coturn's static-auth-secret (default: DATA/relay.secret, created on first start)")
 	return cmd
 }

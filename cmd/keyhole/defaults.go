@@ -95,14 +95,14 @@ func isLoopbackHost(host string) bool {
 // prompt without echo when in is a terminal.
 func readPassword(in io.Reader, prompt io.Writer, fromStdin bool, what string) (string, error) {
 	if fromStdin {
-		line, err := bufio.NewReader(in).ReadString('\n')
-		if err != nil && !(errors.Is(err, io.EOF) && line != "") {
-			if errors.Is(err, io.EOF) {
-				return "", errors.New("--password-stdin: standard input is empty")
-			}
+		line, err := readLine(in)
+		if errors.Is(err, errNoInput) {
+			return "", errors.New("--password-stdin: standard input is empty")
+		}
+		if err != nil {
 			return "", fmt.Errorf("--password-stdin: %w", err)
 		}
-		return strings.TrimRight(line, "\r\n"), nil
+		return line, nil
 	}
 	f, ok := in.(*os.File)
 	if !ok || !term.IsTerminal(int(f.Fd())) {
@@ -115,6 +115,23 @@ func readPassword(in io.Reader, prompt io.Writer, fromStdin bool, what string) (
 		return "", fmt.Errorf("read password: %w", err)
 	}
 	return string(b), nil
+}
+
+// errNoInput means the input ended before a line.
+var errNoInput = errors.New("no input")
+
+// readLine reads one line from in, without its line ending. A reader that
+// must yield several lines in turn (a password, then a code) must be a
+// *bufio.Reader, which this reuses instead of wrapping.
+func readLine(in io.Reader) (string, error) {
+	line, err := bufio.NewReader(in).ReadString('\n')
+	if err != nil && !(errors.Is(err, io.EOF) && line != "") {
+		if errors.Is(err, io.EOF) {
+			return "", errNoInput
+		}
+		return "", err
+	}
+	return strings.TrimRight(line, "\r\n"), nil
 }
 
 // fmtTime prints t for people: local time, and how far away it is.

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/spf13/cobra"
 
@@ -13,6 +15,7 @@ func (c *cli) loginCmd() *cobra.Command {
 	var (
 		cfg           client.LoginConfig
 		passwordStdin bool
+		sso           oidcLoginFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "login",
@@ -20,17 +23,29 @@ func (c *cli) loginCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			controllerTarget(cmd, &cfg.CAFingerprint, nil)
+			if sso.enabled {
+				return c.loginOIDC(cmd, cfg, sso)
+			}
 			if cfg.User == "" {
 				return fmt.Errorf("give --user NAME")
 			}
 			if cfg.CAFingerprint == "" {
 				return fmt.Errorf("give --ca-fingerprint sha256:… (keyhole controller prints it on start) or set KEYHOLE_CA_FINGERPRINT")
 			}
-			pw, err := readPassword(cmd.InOrStdin(), c.stderr, passwordStdin, "Password for "+cfg.User)
+			// One reader for the password and then, if the user has MFA
+			// and no --totp was given, the code on the next line.
+			in := cmd.InOrStdin()
+			var lines io.Reader
+			if passwordStdin {
+				lines = bufio.NewReader(in)
+				in = lines
+			}
+			pw, err := readPassword(in, c.stderr, passwordStdin, "Password for "+cfg.User)
 			if err != nil {
 				return err
 			}
 			cfg.Password = pw
+			cfg.PromptMFA = func() (string, error) { return promptMFACode(in, lines, c.stderr) }
 			p, err := client.Login(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -46,7 +61,10 @@ func (c *cli) loginCmd() *cobra.Command {
 	f.StringVar(&cfg.ControllerURL, "controller", defaultControllerURL, "controller URL")
 	f.StringVar(&cfg.CAFingerprint, "ca-fingerprint", "", "controller CA fingerprint, sha256:… (printed by keyhole controller)")
 	f.StringVar(&cfg.User, "user", "", "user name")
-	f.BoolVar(&passwordStdin, "password-stdin", false, "read the password as one line from standard input")
+	sso.register(f)
+	f.BoolVar(&passwordStdin, "password-stdin", false, "read the password as one line from standard input (and the MFA code, if asked for and no --totp, from the next)")
+	f.StringVar(&cfg.MFACode, "totp", "", "MFA code from the authenticator app, or a recovery code (asked for on a terminal when needed)")
+	_ = f.SetAnnotation("totp", annotNoConfig, []string{"true"})
 	f.StringVar(&cfg.DataDir, "data", defaultDataDir(""), "client data directory")
 	f.StringVar(&cfg.DeviceName, "device-name", "", "name of this device (default: host name)")
 	return cmd

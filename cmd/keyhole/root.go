@@ -58,6 +58,7 @@ KEYHOLE_CA_FINGERPRINT, KEYHOLE_DATA, …), then the YAML file named by
 		c.gatewayCmd(),
 		c.relayCmd(),
 		c.loginCmd(),
+		c.mfaCmd(),
 		c.connectCmd(),
 		c.exportCmd(),
 		c.upCmd(),

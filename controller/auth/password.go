@@ -1,6 +1,8 @@
 // Package auth holds the controller's credential primitives: argon2id
 // password hashes in PHC string form, random bearer tokens with a
-// recognisable prefix and their at-rest hashes, and random object IDs.
+// recognisable prefix and their at-rest hashes, random object IDs, TOTP
+// secrets and codes (RFC 6238) with single-use recovery codes, and the
+// Sealer that encrypts the secrets that must be read back.
 //
 // It is deliberately small and pure: no HTTP, no store, no sessions or
 // rate limits. The controller's handlers decide who is logging in and where

@@ -28,7 +28,9 @@ const idChars = 12
 
 const redacted = "[redacted]"
 
-// Token is a bearer secret such as "khadm_<43 base64url characters>". It
+// Token is a bearer secret such as "khadm_<43 base64url characters>", or
+// another secret string that must never be printed (a TOTP secret, a
+// recovery code). It
 // prints as "[redacted]" through fmt (every verb), slog and encoding
 // (MarshalText), so that it cannot leak into logs or JSON by accident; call
 // Reveal where the value must really go out (once, to its owner). fmt cannot

@@ -2,7 +2,9 @@ package policy
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/keyhole-net/keyhole/internal/api"
 )
@@ -71,5 +73,59 @@ func BenchmarkCompile(b *testing.B) {
 		if _, err := Compile(rules); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// benchConditionRules is benchRules with every allow rule carrying all four
+// conditions, as a policy that uses them throughout would.
+func benchConditionRules(n int) []api.PolicyRule {
+	rules := benchRules(n)
+	w := officeHours
+	for i := range rules {
+		if rules[i].Action == api.Allow {
+			rules[i].RuleConditions = api.RuleConditions{
+				MFAWithin: api.Duration(15 * time.Minute), TimeWindow: &w,
+				SourceCIDRs: []netip.Prefix{office}, DeviceApproved: true,
+			}
+		}
+	}
+	return rules
+}
+
+// benchConditionSubject meets the conditions of benchConditionRules.
+func benchConditionSubject() Subject {
+	return Subject{User: "user499", Groups: []string{"all-staff", "eng", "team499"}, Time: monday10,
+		Source: netip.MustParseAddr("198.51.100.7"), MFAAt: monday10.Add(-time.Minute), Device: "dev_1", DeviceApproved: true}
+}
+
+// BenchmarkEvaluateConditions is BenchmarkEvaluate's named-app case when
+// the matching rule has every condition: the cost of the checks (a time
+// zone conversion among them) on the grant path.
+func BenchmarkEvaluateConditions(b *testing.B) {
+	s, err := Compile(benchConditionRules(500))
+	if err != nil {
+		b.Fatal(err)
+	}
+	met := benchConditionSubject()
+	unmet := met
+	unmet.MFAAt = time.Time{}
+	for _, c := range []struct {
+		name      string
+		sub       Subject
+		wantAllow bool
+	}{
+		{"named_app_met", met, true},
+		// Denied for the unmet MFA: the reason is built.
+		{"named_app_unmet", unmet, false},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			if d := s.Evaluate(c.sub, "app499"); d.Allow != c.wantAllow {
+				b.Fatalf("fixture: %+v", d)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				s.Evaluate(c.sub, "app499")
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keyhole-net/keyhole/internal/api"
 )
@@ -83,4 +84,46 @@ func split(s string) []string {
 		return nil
 	}
 	return strings.Split(s, ",")
+}
+
+// FuzzTimeWindow feeds arbitrary windows (days as comma-separated entries)
+// and times through the condition compiler and the window check. Neither
+// may panic; Compile and ValidateRule must agree on what is valid; a valid
+// window must agree with the plain reference and invert exactly when
+// Outside is set.
+func FuzzTimeWindow(f *testing.F) {
+	f.Add("mon-fri", "08:00", "18:00", "Europe/Berlin", int64(1795413600), false)
+	f.Add("fri", "22:00", "06:00", "UTC", int64(1795557600), true)
+	f.Add("sat,sun", "00:00", "24:00", "Asia/Kolkata", int64(0), false)
+	f.Add("", "01:00", "03:00", "Europe/Berlin", int64(1774746000), false)
+	f.Add("fri-mon", "23:59", "00:01", "America/St_Johns", int64(-1), false)
+	f.Add("mon-fro", "8:00", "25:00", "../etc/passwd", int64(1), true)
+	f.Fuzz(func(t *testing.T, days, start, end, tz string, unix int64, outside bool) {
+		w := api.TimeWindow{Days: split(days), Start: start, End: end, TZ: tz, Outside: outside}
+		c := api.RuleConditions{TimeWindow: &w}
+		s, err := Compile([]api.PolicyRule{{ID: "r1", Position: 1, Action: api.Allow, Users: []string{"u"}, Apps: []string{"a"}, RuleConditions: c}})
+		verr := ValidateRule(api.PolicyRuleCreate{Action: api.Allow, Users: []string{"u"}, Apps: []string{"a"}, RuleConditions: c})
+		if (err == nil) != (verr == nil) {
+			t.Fatalf("Compile: %v; ValidateRule: %v", err, verr)
+		}
+		if err != nil {
+			return
+		}
+		ts := time.Unix(unix, 0)
+		d := s.Evaluate(Subject{User: "u", Time: ts}, "a")
+		cw, err := compileWindow(w, nil)
+		if err != nil {
+			t.Fatalf("Compile accepted a window compileWindow rejects: %v", err)
+		}
+		if want := naiveContains(cw, ts) != outside; d.Allow != want {
+			t.Fatalf("%s at %s: allow %v, reference %v", w, ts.In(cw.loc), d.Allow, want)
+		}
+		if d.Reason == "" || (!d.Allow && d.Unmet != CondTimeWindow) {
+			t.Fatalf("decision %+v", d)
+		}
+		_, trace := s.Explain(Subject{User: "u", Time: ts}, "a")
+		if len(trace) != 1 || len(trace[0].Conditions) != 1 || trace[0].Conditions[0].Met != d.Allow {
+			t.Fatalf("trace %+v for %+v", trace, d)
+		}
+	})
 }

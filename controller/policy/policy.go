@@ -1,11 +1,20 @@
-// Package policy decides whether a subject (a user and their groups) may reach
-// an app, by evaluating an ordered list of rules: the first matching rule
-// decides, and no match means deny.
+// Package policy decides whether a subject (a user and their groups, with
+// the facts of their request) may reach an app, by evaluating an ordered
+// list of rules: the first matching rule decides, and no match means deny.
 //
-// The package is pure logic: it does no I/O, keeps no state beyond the
-// compiled [Set], and knows nothing about devices, posture, gateways or the
-// store. The controller loads the rules, compiles them once per change with
-// [Compile], and calls [Set.Evaluate] on the grant path; the admin API calls
+// A rule matches when its users or groups and its apps match and its
+// conditions (MFA age, time window, source address, approved device) all
+// hold. An allow rule whose conditions fail does not match and evaluation
+// goes on; if nothing else allows, the denial names the unmet conditions of
+// the allow rule closest to matching, so the person can act on them. A deny
+// rule denies only when its conditions hold.
+//
+// The package is pure logic: it does no I/O, reads no clock, keeps no state
+// beyond the compiled [Set], and knows nothing of gateways or the store; the
+// caller passes every fact in the [Subject]. The controller loads the
+// rules, compiles them once per change with [Compile], and calls
+// [Set.Evaluate] on the grant path and [Set.Explain] for keyhole admin why
+// (the same code, so the two cannot disagree); the admin API calls
 // [ValidateRule] before it stores a new rule.
 //
 // Names are compared exactly (case-sensitive): "Eng" and "eng" are different
@@ -16,9 +25,12 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"math/bits"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -32,16 +44,33 @@ const Wildcard = "*"
 // so the admin API can answer 400 without parsing messages.
 var ErrInvalidRule = errors.New("invalid policy rule")
 
-// Subject is who asks: a user and the groups the user belongs to.
+// Subject is who asks — a user and the groups the user belongs to — and
+// the facts of the request that rule conditions look at. A fact left zero
+// is unknown, and a condition on it fails.
 type Subject struct {
 	User   string
 	Groups []string
+
+	// Time is when the request is decided (time windows, MFA age).
+	Time time.Time
+	// Source is the client's address as the controller sees it.
+	Source netip.Addr
+	// MFAAt is when the session last passed MFA; zero means never.
+	MFAAt time.Time
+	// Device is the requesting device ("" unknown), and DeviceApproved
+	// whether an admin approved it.
+	Device         api.DeviceID
+	DeviceApproved bool
 }
 
 // Decision is the outcome of [Set.Evaluate].
 type Decision struct {
 	// Allow reports whether the subject may reach the app.
 	Allow bool
+	// Unmet is set on a denial because an allow rule's conditions failed:
+	// the conditions the request did not meet. Rule and Position then name
+	// that allow rule.
+	Unmet CondSet
 	// Rule is the rule that decided, or "" for the default deny.
 	Rule api.RuleID
 	// Position is the deciding rule's position (1-based), or 0 for the
@@ -64,6 +93,12 @@ type Set struct {
 	// Evaluate merges it with byApp[app] so that rule order is preserved
 	// without storing the wildcard rules once per app.
 	anyApp []int32
+	// timeApps and timeAny say which apps a rule with a time-dependent
+	// condition (time window, MFA age) covers; see TimeDependent.
+	timeApps map[string]struct{}
+	timeAny  bool
+	// hasConds reports whether some rule has conditions.
+	hasConds bool
 }
 
 // rule is one compiled rule: name sets for matching and the decision it
@@ -71,7 +106,11 @@ type Set struct {
 type rule struct {
 	users  nameSet
 	groups nameSet
+	conds  *conditions // nil: none
 	dec    Decision
+	// head is the rule as a sentence, "allow group eng → wiki when …", a
+	// substring of dec.Reason.
+	head string
 }
 
 // Compile validates rules and builds a Set that evaluates them in slice
@@ -84,8 +123,19 @@ func Compile(rules []api.PolicyRule) (*Set, error) {
 		byApp: make(map[string][]int32),
 	}
 	prev := 0
+	var zones map[string]*time.Location
 	for i, r := range rules {
-		if err := validate(r.Action, r.Users, r.Groups, r.Apps, r.Description); err != nil {
+		err := validate(r.Action, r.Users, r.Groups, r.Apps, r.Description)
+		var conds *conditions
+		if err == nil && !r.RuleConditions.IsZero() {
+			if zones == nil {
+				zones = make(map[string]*time.Location)
+			}
+			if conds, err = compileConditions(r.RuleConditions, zones); err != nil {
+				err = fmt.Errorf("%w: %w", ErrInvalidRule, err)
+			}
+		}
+		if err != nil {
 			return nil, fmt.Errorf("compile policy: rule %d of %d (id %q, position %d): %w", i+1, len(rules), r.ID, r.Position, err)
 		}
 		if r.ID == "" {
@@ -97,16 +147,23 @@ func Compile(rules []api.PolicyRule) (*Set, error) {
 		}
 		prev = r.Position
 		idx := int32(len(s.rules))
+		reason, head := ruleReason(r, conds)
 		s.rules = append(s.rules, rule{
 			users:  newNameSet(r.Users),
 			groups: newNameSet(r.Groups),
+			conds:  conds,
+			head:   head,
 			dec: Decision{
 				Allow:    r.Action == api.Allow,
 				Rule:     r.ID,
 				Position: r.Position,
-				Reason:   ruleReason(r),
+				Reason:   reason,
 			},
 		})
+		s.hasConds = s.hasConds || conds != nil
+		if conds != nil && conds.has&(CondTimeWindow|CondMFA) != 0 {
+			s.markTimeDependent(r.Apps)
+		}
 		if containsWildcard(r.Apps) {
 			s.anyApp = append(s.anyApp, idx)
 			continue
@@ -131,33 +188,152 @@ func (s *Set) Len() int {
 }
 
 // Evaluate decides whether sub may reach app: the first rule that matches
-// both decides, and no match is a denial. It allocates only to build the
-// reason of a default deny.
+// (users or groups, app, and conditions) decides, and no match is a
+// denial. It allocates only to build the reason of a denial that no rule
+// decided.
 func (s *Set) Evaluate(sub Subject, app string) Decision {
+	return s.eval(&sub, app, nil)
+}
+
+// eval is the one evaluation behind Evaluate and Explain; a non-nil tr
+// records every rule it looks at and which one decided.
+func (s *Set) eval(sub *Subject, app string, tr *trace) Decision {
 	if sub.User == "" || app == "" {
 		// Fail closed: an empty name means the caller lost track of who asks
 		// or for what, and "*" must not be read as matching that.
 		return Decision{Reason: "the request names no user or no app, so no policy rule can allow it; this is a bug in the caller"}
 	}
-	if s != nil {
-		// Walk the rules that name app and the rules for any app together,
-		// in rule order; both lists are ascending.
-		named, wild := s.byApp[app], s.anyApp
-		for len(named) > 0 || len(wild) > 0 {
-			var i int32
-			if len(wild) == 0 || (len(named) > 0 && named[0] < wild[0]) {
-				i, named = named[0], named[1:]
-			} else {
-				i, wild = wild[0], wild[1:]
-			}
-			r := &s.rules[i]
-			if r.users.has(sub.User) || r.groups.hasAny(sub.Groups) {
-				return r.dec
-			}
+	if s == nil {
+		return Decision{Reason: defaultDenyReason(*sub, app)}
+	}
+	if i := s.match(sub, app, tr); i >= 0 {
+		return s.rules[i].dec
+	}
+	// Nothing matched. The denial names the unmet conditions of the allow
+	// rule that came closest, if any; looking for it only here keeps the
+	// matching loop as lean as it was before conditions.
+	if s.hasConds {
+		if i, unmet := s.closest(sub, app); i >= 0 {
+			return s.unmetDecision(i, unmet, sub)
 		}
 	}
-	return Decision{Reason: defaultDenyReason(sub, app)}
+	return Decision{Reason: defaultDenyReason(*sub, app)}
 }
+
+// match returns the index of the first rule covering app whose users or
+// groups and conditions all match sub, or -1; a non-nil tr records every
+// rule it looks at.
+func (s *Set) match(sub *Subject, app string, tr *trace) int32 {
+	w := s.walk(app)
+	for {
+		i, ok := w.next()
+		if !ok {
+			return -1
+		}
+		r := &s.rules[i]
+		if !r.users.has(sub.User) && !r.groups.hasAny(sub.Groups) {
+			if tr != nil {
+				tr.visit(i, false, 0)
+			}
+			continue
+		}
+		var unmet CondSet
+		if r.conds != nil {
+			unmet = r.conds.unmet(sub)
+		}
+		if tr != nil {
+			tr.visit(i, true, unmet)
+		}
+		if unmet == 0 {
+			return i
+		}
+	}
+}
+
+// closest returns, among the allow rules covering app whose users or
+// groups match sub, the one with the fewest unmet conditions (the first
+// among equals) and those conditions; -1 when there is none. It is called
+// only when no rule matched, so every such rule has unmet conditions.
+func (s *Set) closest(sub *Subject, app string) (int32, CondSet) {
+	best, bestUnmet := int32(-1), CondSet(0)
+	for w := s.walk(app); ; {
+		i, ok := w.next()
+		if !ok {
+			return best, bestUnmet
+		}
+		r := &s.rules[i]
+		if !r.dec.Allow || r.conds == nil || (!r.users.has(sub.User) && !r.groups.hasAny(sub.Groups)) {
+			continue
+		}
+		if unmet := r.conds.unmet(sub); best < 0 || bits.OnesCount8(uint8(unmet)) < bits.OnesCount8(uint8(bestUnmet)) {
+			best, bestUnmet = i, unmet
+		}
+	}
+}
+
+// ruleWalk yields, in rule order, the indexes of the rules covering one
+// app: it merges the rules that name the app with those for any app (both
+// lists ascending), so that the wildcard rules are not stored once per app.
+type ruleWalk struct{ named, wild []int32 }
+
+func (s *Set) walk(app string) ruleWalk { return ruleWalk{s.byApp[app], s.anyApp} }
+
+func (w *ruleWalk) next() (int32, bool) {
+	var i int32
+	switch {
+	case len(w.named) == 0 && len(w.wild) == 0:
+		return 0, false
+	case len(w.wild) == 0 || (len(w.named) > 0 && w.named[0] < w.wild[0]):
+		i, w.named = w.named[0], w.named[1:]
+	default:
+		i, w.wild = w.wild[0], w.wild[1:]
+	}
+	return i, true
+}
+
+// unmetDecision is the denial when allow rule i matched but for the unmet
+// conditions: each one's reason, then the rule.
+func (s *Set) unmetDecision(i int32, unmet CondSet, sub *Subject) Decision {
+	r := &s.rules[i]
+	var b strings.Builder
+	eachCond(unmet, func(c CondSet) {
+		if b.Len() > 0 {
+			b.WriteString("; ")
+		}
+		b.WriteString(r.conds.unmetReason(c, sub))
+	})
+	fmt.Fprintf(&b, " (rule #%d: %s)", r.dec.Position, r.head)
+	return Decision{Rule: r.dec.Rule, Position: r.dec.Position, Reason: b.String(), Unmet: unmet}
+}
+
+// markTimeDependent records that a rule with a time-dependent condition
+// covers apps.
+func (s *Set) markTimeDependent(apps []string) {
+	if containsWildcard(apps) {
+		s.timeAny = true
+		return
+	}
+	if s.timeApps == nil {
+		s.timeApps = make(map[string]struct{})
+	}
+	for _, a := range apps {
+		s.timeApps[a] = struct{}{}
+	}
+}
+
+// TimeDependent reports whether a decision for app can change while
+// nothing but the clock moves: some rule covering app has a time window or
+// an MFA age condition. The controller re-checks such grants on a timer.
+func (s *Set) TimeDependent(app string) bool {
+	if s == nil {
+		return false
+	}
+	_, ok := s.timeApps[app]
+	return ok || s.timeAny
+}
+
+// AnyTimeDependent reports whether TimeDependent holds for some app.
+func (s *Set) AnyTimeDependent() bool { return s != nil && (s.timeAny || len(s.timeApps) > 0) }
 
 // ValidateRule checks a rule an admin wants to add, with the same checks
 // [Compile] applies, and says which field is wrong. Position 0 (append) is
@@ -166,7 +342,13 @@ func ValidateRule(r api.PolicyRuleCreate) error {
 	if r.Position < 0 {
 		return fmt.Errorf("%w: position %d: use 0 to append or N ≥ 1 to insert before rule N", ErrInvalidRule, r.Position)
 	}
-	return validate(r.Action, r.Users, r.Groups, r.Apps, r.Description)
+	if err := validate(r.Action, r.Users, r.Groups, r.Apps, r.Description); err != nil {
+		return err
+	}
+	if _, err := compileConditions(r.RuleConditions, nil); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidRule, err)
+	}
+	return nil
 }
 
 // maxDescriptionBytes bounds a rule's description, which is repeated in
@@ -285,15 +467,19 @@ func (s *nameSet) hasAny(names []string) bool {
 }
 
 // ruleReason builds, at compile time, the reason a rule gives when it
-// decides, e.g. "allowed by rule #2 (allow group eng → wiki)".
-func ruleReason(r api.PolicyRule) string {
+// decides, e.g. "allowed by rule #2 (allow group eng → wiki when MFA within
+// 15m)", and returns with it the part in parentheses, the rule as a
+// sentence.
+func ruleReason(r api.PolicyRule, conds *conditions) (reason, head string) {
 	var b strings.Builder
 	if r.Action == api.Allow {
 		b.WriteString("allowed")
 	} else {
 		b.WriteString("denied")
 	}
-	fmt.Fprintf(&b, " by rule #%d (%s ", r.Position, r.Action)
+	fmt.Fprintf(&b, " by rule #%d (", r.Position)
+	start := b.Len()
+	fmt.Fprintf(&b, "%s ", r.Action)
 	if len(r.Users) > 0 {
 		writeNames(&b, "user", r.Users)
 	}
@@ -305,12 +491,18 @@ func ruleReason(r api.PolicyRule) string {
 	}
 	b.WriteString(" → ")
 	writeList(&b, r.Apps)
+	if conds != nil {
+		b.WriteString(" when ")
+		b.WriteString(conds.spec.String())
+	}
+	end := b.Len()
 	b.WriteString(")")
 	if d := strings.TrimSpace(r.Description); d != "" {
 		b.WriteString(": ")
 		b.WriteString(d)
 	}
-	return b.String()
+	reason = b.String()
+	return reason, reason[start:end]
 }
 
 // writeNames writes "user alice" or "users alice, bob".

@@ -3,9 +3,12 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"math/rand/v2"
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/keyhole-net/keyhole/internal/api"
 )
@@ -39,6 +42,11 @@ func TestEvaluate(t *testing.T) {
 		allow = api.Allow
 		deny  = api.Deny
 	)
+	// Contractors may reach payroll in office hours only.
+	payrollOfficeHours := []api.PolicyRule{
+		rc(1, deny, l("contractors"), l("payroll"), inWindow(officeHoursOutside)),
+		r(2, allow, nil, l("contractors"), l("payroll")),
+	}
 	tests := []struct {
 		name  string
 		rules []api.PolicyRule
@@ -325,6 +333,147 @@ func TestEvaluate(t *testing.T) {
 			sub:   sub("alice", "eng"), app: "wiki",
 			want: allowed(7, "allowed by rule #7 (allow group eng → wiki)"),
 		},
+		// Rules with conditions.
+		{
+			name:  "fresh MFA allows",
+			rules: []api.PolicyRule{rc(1, allow, l("eng"), l("payroll"), mfa15())},
+			sub:   at(monday10), app: "payroll",
+			want: allowed(1, "allowed by rule #1 (allow group eng → payroll when MFA within 15m)"),
+		},
+		{
+			name:  "MFA exactly as old as allowed still allows",
+			rules: []api.PolicyRule{rc(1, allow, l("eng"), l("payroll"), mfa15())},
+			sub:   at(monday10, func(s *Subject) { s.MFAAt = monday10.Add(-15 * time.Minute) }), app: "payroll",
+			want: allowed(1, "allowed by rule #1 (allow group eng → payroll when MFA within 15m)"),
+		},
+		{
+			name:  "inside the time window allows",
+			rules: []api.PolicyRule{rc(1, allow, l("eng"), l("wiki"), inWindow(officeHours))},
+			sub:   at(monday10), app: "wiki",
+			want: allowed(1, "allowed by rule #1 (allow group eng → wiki when mon-fri 08:00-18:00 Europe/Berlin)"),
+		},
+		{
+			name:  "outside the time window denies with the local time",
+			rules: []api.PolicyRule{rc(1, allow, l("eng"), l("wiki"), inWindow(officeHours))},
+			sub:   at(saturday10), app: "wiki",
+			want: unmet(1, CondTimeWindow, "this app is open mon-fri 08:00-18:00 Europe/Berlin only; it is Sat 2026-11-28 10:00 Europe/Berlin (CET) now (rule #1: allow group eng → wiki when mon-fri 08:00-18:00 Europe/Berlin)"),
+		},
+		{
+			name:  "deny outside office hours, inside them: the deny does not apply",
+			rules: payrollOfficeHours,
+			sub:   Subject{User: "cy", Groups: l("contractors"), Time: monday10}, app: "payroll",
+			want: allowed(2, "allowed by rule #2 (allow group contractors → payroll)"),
+		},
+		{
+			name:  "deny outside office hours, on Saturday: the deny applies",
+			rules: payrollOfficeHours,
+			sub:   Subject{User: "cy", Groups: l("contractors"), Time: saturday10}, app: "payroll",
+			want: denied(1, "denied by rule #1 (deny group contractors → payroll when outside mon-fri 08:00-18:00 Europe/Berlin)"),
+		},
+		{
+			name:  "a deny rule whose conditions fail gives no reason of its own",
+			rules: []api.PolicyRule{rc(1, deny, l("eng"), l("wiki"), api.RuleConditions{SourceCIDRs: []netip.Prefix{office}})},
+			sub:   at(monday10, func(s *Subject) { s.Source = netip.MustParseAddr("203.0.113.9") }), app: "wiki",
+			want: defaultDeny(`no policy rule allows user "alice" (groups: eng) to reach app "wiki"; ask an admin to add one, e.g. keyhole admin policy add --allow --group eng --app wiki`),
+		},
+		{
+			name:  "source inside allows",
+			rules: []api.PolicyRule{rc(1, allow, l("eng"), l("db"), api.RuleConditions{SourceCIDRs: []netip.Prefix{office}})},
+			sub:   at(monday10), app: "db",
+			want: allowed(1, "allowed by rule #1 (allow group eng → db when from 198.51.100.0/24)"),
+		},
+		{
+			name:  "an IPv4-mapped source is compared as IPv4",
+			rules: []api.PolicyRule{rc(1, allow, l("eng"), l("db"), api.RuleConditions{SourceCIDRs: []netip.Prefix{office}})},
+			sub:   at(monday10, func(s *Subject) { s.Source = netip.MustParseAddr("::ffff:198.51.100.7") }), app: "db",
+			want: allowed(1, "allowed by rule #1 (allow group eng → db when from 198.51.100.0/24)"),
+		},
+		{
+			name:  "source outside denies",
+			rules: []api.PolicyRule{rc(1, allow, l("eng"), l("db"), api.RuleConditions{SourceCIDRs: []netip.Prefix{office, netip.MustParsePrefix("2001:db8::/32")}})},
+			sub:   at(monday10, func(s *Subject) { s.Source = netip.MustParseAddr("203.0.113.9") }), app: "db",
+			want: unmet(1, CondSource, "connect from an allowed network (198.51.100.0/24 or 2001:db8::/32); the controller sees you at 203.0.113.9 (rule #1: allow group eng → db when from 198.51.100.0/24 or 2001:db8::/32)"),
+		},
+		{
+			name:  "unknown source denies",
+			rules: []api.PolicyRule{rc(1, allow, l("eng"), l("db"), api.RuleConditions{SourceCIDRs: []netip.Prefix{office}})},
+			sub:   at(monday10, func(s *Subject) { s.Source = netip.Addr{} }), app: "db",
+			want: unmet(1, CondSource, "connect from an allowed network (198.51.100.0/24); the controller does not know your address (rule #1: allow group eng → db when from 198.51.100.0/24)"),
+		},
+		{
+			name:  "approved device allows",
+			rules: []api.PolicyRule{rc(1, allow, l("eng"), l("db"), api.RuleConditions{DeviceApproved: true})},
+			sub:   at(monday10), app: "db",
+			want: allowed(1, "allowed by rule #1 (allow group eng → db when approved device)"),
+		},
+		{
+			name:  "unapproved device denies and names the command",
+			rules: []api.PolicyRule{rc(1, allow, l("eng"), l("db"), api.RuleConditions{DeviceApproved: true})},
+			sub:   at(monday10, func(s *Subject) { s.DeviceApproved = false }), app: "db",
+			want: unmet(1, CondDeviceApproved, "this app needs an approved device; ask an admin to approve this one (keyhole admin device approve dev_1) (rule #1: allow group eng → db when approved device)"),
+		},
+		{
+			name: "every unmet condition of the rule is named, in order",
+			rules: []api.PolicyRule{rc(1, allow, l("eng"), l("db"), api.RuleConditions{
+				MFAWithin: api.Duration(time.Hour), TimeWindow: &officeHours, SourceCIDRs: []netip.Prefix{office}, DeviceApproved: true,
+			})},
+			sub: at(saturday10, func(s *Subject) {
+				s.MFAAt, s.Source, s.DeviceApproved = time.Time{}, netip.MustParseAddr("203.0.113.9"), false
+			}), app: "db",
+			want: unmet(1, CondMFA|CondTimeWindow|CondSource|CondDeviceApproved, "re-authenticate with MFA (keyhole login) — this app needs MFA within 1h; "+
+				"this app is open mon-fri 08:00-18:00 Europe/Berlin only; it is Sat 2026-11-28 10:00 Europe/Berlin (CET) now; "+
+				"connect from an allowed network (198.51.100.0/24); the controller sees you at 203.0.113.9; "+
+				"this app needs an approved device; ask an admin to approve this one (keyhole admin device approve dev_1) "+
+				"(rule #1: allow group eng → db when MFA within 1h, mon-fri 08:00-18:00 Europe/Berlin, from 198.51.100.0/24, approved device)"),
+		},
+		{
+			name: "the allow rule closest to matching gives the reason",
+			rules: []api.PolicyRule{
+				rc(1, allow, l("eng"), l("db"), api.RuleConditions{MFAWithin: api.Duration(time.Minute), DeviceApproved: true}),
+				rc(2, allow, l("eng"), l("db"), api.RuleConditions{MFAWithin: api.Duration(time.Minute)}),
+			},
+			sub: at(monday10, func(s *Subject) { s.DeviceApproved = false }), app: "db",
+			want: unmet(2, CondMFA, "re-authenticate with MFA (keyhole login) — this app needs MFA within 1m (rule #2: allow group eng → db when MFA within 1m)"),
+		},
+		{
+			name: "among equally close rules the first gives the reason",
+			rules: []api.PolicyRule{
+				rc(1, allow, l("eng"), l("db"), api.RuleConditions{DeviceApproved: true}),
+				rc(2, allow, l("eng"), l("db"), api.RuleConditions{MFAWithin: api.Duration(time.Minute)}),
+			},
+			sub: at(monday10, func(s *Subject) { s.DeviceApproved = false }), app: "db",
+			want: unmet(1, CondDeviceApproved, "this app needs an approved device; ask an admin to approve this one (keyhole admin device approve dev_1) (rule #1: allow group eng → db when approved device)"),
+		},
+		{
+			name: "a later rule without conditions allows after an unmet one",
+			rules: []api.PolicyRule{
+				rc(1, allow, l("eng"), l("db"), mfa15()),
+				r(2, allow, nil, l("eng"), l("*")),
+			},
+			sub: at(monday10, func(s *Subject) { s.MFAAt = time.Time{} }), app: "db",
+			want: allowed(2, "allowed by rule #2 (allow group eng → *)"),
+		},
+		{
+			name: "a later deny decides after an unmet allow",
+			rules: []api.PolicyRule{
+				rc(1, allow, l("eng"), l("db"), mfa15()),
+				r(2, deny, nil, l("eng"), l("*"), "eng off prod"),
+			},
+			sub: at(monday10, func(s *Subject) { s.MFAAt = time.Time{} }), app: "db",
+			want: denied(2, "denied by rule #2 (deny group eng → *): eng off prod"),
+		},
+		{
+			name:  "conditions of a rule for other users are not the reason",
+			rules: []api.PolicyRule{rc(1, allow, l("ops"), l("db"), mfa15())},
+			sub:   at(monday10, func(s *Subject) { s.MFAAt = time.Time{} }), app: "db",
+			want: defaultDeny(`no policy rule allows user "alice" (groups: eng) to reach app "db"; ask an admin to add one, e.g. keyhole admin policy add --allow --group eng --app db`),
+		},
+		{
+			name:  "no request time fails a time window, inside or outside",
+			rules: []api.PolicyRule{rc(1, deny, l("eng"), l("db"), inWindow(officeHoursOutside)), rc(2, allow, l("eng"), l("db"), inWindow(officeHours))},
+			sub:   at(time.Time{}, func(s *Subject) { s.MFAAt = time.Time{} }), app: "db",
+			want: unmet(2, CondTimeWindow, "this app is open mon-fri 08:00-18:00 Europe/Berlin only; the request time is unknown (rule #2: allow group eng → db when mon-fri 08:00-18:00 Europe/Berlin)"),
+		},
 	}
 	seen := make(map[string]bool)
 	for _, tt := range tests {
@@ -333,16 +482,9 @@ func TestEvaluate(t *testing.T) {
 		}
 		seen[tt.name] = true
 		t.Run(tt.name, func(t *testing.T) {
-			s, err := Compile(tt.rules)
-			if err != nil {
-				t.Fatalf("Compile: %v", err)
-			}
-			got := s.Evaluate(tt.sub, tt.app)
-			if got != tt.want {
-				t.Errorf("Evaluate(%+v, %q)\n got: %#v\nwant: %#v", tt.sub, tt.app, got, tt.want)
-			}
-			if ref := naiveEvaluate(tt.rules, tt.sub, tt.app); ref.Allow != got.Allow || ref.Rule != got.Rule {
-				t.Errorf("naive evaluation disagrees: got rule %q allow %v, naive rule %q allow %v", got.Rule, got.Allow, ref.Rule, ref.Allow)
+			got := evaluateGolden(t, tt.rules, tt.sub, tt.app, tt.want)
+			if ref := naiveEvaluate(tt.rules, tt.sub, tt.app); ref.Allow != got.Allow || ref.Rule != got.Rule || ref.Unmet != got.Unmet {
+				t.Errorf("naive evaluation disagrees: got rule %q allow %v unmet %v, naive rule %q allow %v unmet %v", got.Rule, got.Allow, got.Unmet, ref.Rule, ref.Allow, ref.Unmet)
 			}
 		})
 	}
@@ -539,7 +681,9 @@ func TestEvaluateMatchesNaive(t *testing.T) {
 }
 
 // naiveEvaluate is the policy semantics written as plainly as possible, to
-// check the indexed Set against.
+// check the indexed Set against: the first rule whose app, users or groups
+// and conditions all match decides; failing that, the allow rule with the
+// fewest unmet conditions (the first among equals) is named with them.
 func naiveEvaluate(rules []api.PolicyRule, sub Subject, app string) Decision {
 	in := func(list []string, v string) bool {
 		for _, x := range list {
@@ -552,6 +696,7 @@ func naiveEvaluate(rules []api.PolicyRule, sub Subject, app string) Decision {
 	if sub.User == "" || app == "" {
 		return Decision{}
 	}
+	var best Decision
 	for _, r := range rules {
 		if !in(r.Apps, app) {
 			continue
@@ -560,9 +705,16 @@ func naiveEvaluate(rules []api.PolicyRule, sub Subject, app string) Decision {
 		for _, g := range sub.Groups {
 			match = match || in(r.Groups, g)
 		}
-		if match {
+		if !match {
+			continue
+		}
+		unmet := naiveUnmet(r.RuleConditions, sub)
+		if unmet == 0 {
 			return Decision{Allow: r.Action == api.Allow, Rule: r.ID, Position: r.Position}
 		}
+		if r.Action == api.Allow && (best.Rule == "" || bits.OnesCount8(uint8(unmet)) < bits.OnesCount8(uint8(best.Unmet))) {
+			best = Decision{Rule: r.ID, Position: r.Position, Unmet: unmet}
+		}
 	}
-	return Decision{}
+	return best
 }

@@ -4,8 +4,10 @@
 // source of truth: users, groups, apps, gateways, policy, devices, sessions,
 // grants, audit events and flow records.
 //
-// Secrets never reach the store in clear: tokens and sessions are stored as
-// SHA-256 hashes, passwords as argon2id hashes (computed by controller/auth).
+// Secrets never reach the store in clear: tokens, sessions and recovery
+// codes are stored as SHA-256 hashes, passwords as argon2id hashes, TOTP
+// secrets sealed with the controller's key (all computed by
+// controller/auth).
 package store
 
 import (
@@ -98,6 +100,21 @@ type Session struct {
 	User      string
 	CreatedAt time.Time
 	ExpiresAt time.Time
+	// MFAAt is when the login that made the session checked a second
+	// factor (zero: password only).
+	MFAAt time.Time
+}
+
+// MFA is a user's TOTP enrolment. Secret is sealed by the controller
+// (auth.Sealer): the store never holds it in clear.
+type MFA struct {
+	User        string
+	Secret      string
+	CreatedAt   time.Time
+	ConfirmedAt time.Time // zero while the enrolment waits for its first code
+	// LastStep is the newest TOTP time step accepted; a code for it or an
+	// earlier step is a replay.
+	LastStep int64
 }
 
 // Grant is a grant row: the wire grant plus what only the controller keeps.
@@ -107,6 +124,19 @@ type Grant struct {
 	ClientWGKey  key.WGPublic
 	RevokedAt    time.Time // zero while not revoked
 	RevokeReason string
+	Facts        GrantFacts
+}
+
+// GrantFacts are the facts of the last request that allowed a grant (its
+// creation or latest renewal) that policy conditions look at: what
+// re-evaluation without a request (a policy change, a time window
+// closing) checks the conditions against.
+type GrantFacts struct {
+	// Source is the client's address as the controller saw it; the zero
+	// Addr when unknown.
+	Source netip.Addr
+	// MFAAt is the session's last MFA; zero for never.
+	MFAAt time.Time
 }
 
 // AuditQuery filters audit events. Zero fields do not filter.
@@ -130,6 +160,11 @@ type Store interface {
 	// UpdateUser replaces Disabled, PasswordHash and Groups of the named user.
 	UpdateUser(ctx context.Context, u User) error
 	DeleteUser(ctx context.Context, name string) error
+	// ProvisionOIDCUser returns the user linked to l's (issuer, subject),
+	// creating it without password on the identity's first login (ErrConflict
+	// if l.User is taken), and sets its groups to those of l.Groups that
+	// exist, in one transaction.
+	ProvisionOIDCUser(ctx context.Context, l OIDCLogin) (User, error)
 
 	// Groups.
 	CreateGroup(ctx context.Context, g api.Group) error
@@ -187,8 +222,28 @@ type Store interface {
 	CreateDevice(ctx context.Context, d Device) (Device, error)
 	Device(ctx context.Context, id api.DeviceID) (Device, error)
 	Devices(ctx context.Context) ([]Device, error)
-	// UpdateDevice replaces Name, WGPublicKey, Disabled and LastSeen.
+	// UpdateDevice replaces Name, WGPublicKey, Disabled, Approved and LastSeen.
 	UpdateDevice(ctx context.Context, d Device) error
+
+	// MFA. CreateMFA stores a pending enrolment, replacing a pending one;
+	// it fails with ErrConflict when the user has a confirmed one and with
+	// ErrNotFound for an unknown user. MFA returns ErrNotFound when the
+	// user has none. ConfirmMFA confirms the pending enrolment whose sealed
+	// secret is secret, records step as used and stores the recovery code
+	// hashes, in one transaction; ErrNotFound when no such pending
+	// enrolment exists (it was replaced, confirmed or reset meanwhile).
+	// UseMFAStep records step as used if it is after LastStep of a
+	// confirmed enrolment and reports whether it was (false: a replay).
+	// UseRecoveryCode marks an unused code used and returns how many stay
+	// unused; ErrNotFound when no unused code of the user has that hash.
+	// DeleteMFA removes the enrolment and the recovery codes; ErrNotFound
+	// when there is none.
+	CreateMFA(ctx context.Context, m MFA) error
+	MFA(ctx context.Context, user string) (MFA, error)
+	ConfirmMFA(ctx context.Context, user, secret string, step int64, at time.Time, recoveryHashes []string) error
+	UseMFAStep(ctx context.Context, user string, step int64) (bool, error)
+	UseRecoveryCode(ctx context.Context, user, hash string, at time.Time) (int, error)
+	DeleteMFA(ctx context.Context, user string) error
 
 	// Sessions.
 	CreateSession(ctx context.Context, s Session) error
@@ -206,8 +261,9 @@ type Store interface {
 	// grant path's "does this device already hold it?", without reading
 	// all of the device's grants).
 	LiveGrantsFor(ctx context.Context, now time.Time, device api.DeviceID, app api.AppID) ([]Grant, error)
-	// RenewGrant sets a new NotAfter on a live grant and appends ev.
-	RenewGrant(ctx context.Context, id api.GrantID, notAfter time.Time, ev api.AuditEvent) error
+	// RenewGrant sets a new NotAfter and the facts of the renewal on a
+	// live grant and appends ev.
+	RenewGrant(ctx context.Context, id api.GrantID, notAfter time.Time, facts GrantFacts, ev api.AuditEvent) error
 	// RevokeGrants marks grants revoked (already revoked ones are left as
 	// they are) and appends one audit event per grant revoked; it returns
 	// the grants it revoked.

@@ -26,6 +26,15 @@
 //     limit_reached.
 //   - exports for stock WireGuard clients: POST /v1/exports (ExportRequest,
 //     ExportResponse) and Grant.Export.
+//   - local MFA (TOTP): POST /v1/mfa/enrol (MFAEnrolment),
+//     POST /v1/mfa/confirm (MFAConfirm, MFAConfirmation),
+//     DELETE /v1/users/{name}/mfa, LoginRequest.MFACode, User.MFA; error
+//     codes mfa_required and mfa_invalid; POST /v1/login answers 429
+//     rate_limited after repeated failures.
+//   - policy conditions (RuleConditions in PolicyRule and PolicyRuleCreate:
+//     mfa_within, time_window, source_cidrs, device_approved),
+//     Error.Unmet, Device.Approved and DeviceUpdate.Approved, and
+//     GET /v1/why (Why).
 package api
 
 import (
@@ -72,6 +81,10 @@ type Error struct {
 	Message string `json:"message"`
 	// Rule is the policy rule that decided a denial ("" for the default deny).
 	Rule RuleID `json:"rule,omitempty"`
+	// Unmet names the rule conditions a policy denial asks for
+	// (CondMFAWithin, …): a client can act on them, e.g. log in again with
+	// MFA for CondMFAWithin.
+	Unmet []string `json:"unmet,omitempty"`
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -93,6 +106,8 @@ const (
 	CodeGatewayError = "gateway_error" // 502: the gateway did not take the grant
 	CodeRateLimited  = "rate_limited"  // 429: too many requests of this kind; see Retry-After
 	CodeLimitReached = "limit_reached" // 409: a fixed cap was reached; an admin must make room
+	CodeMFARequired  = "mfa_required"  // 401: password right; the user has MFA, send LoginRequest.MFACode
+	CodeMFAInvalid   = "mfa_invalid"   // 401 (login), 400 (confirm): wrong, used or expired MFA code
 )
 
 // Health is the answer of GET /v1/health (no authentication).
@@ -113,6 +128,8 @@ type User struct {
 	Groups    []string  `json:"groups"`
 	Disabled  bool      `json:"disabled"`
 	CreatedAt time.Time `json:"created_at"`
+	// MFA says the user has a confirmed TOTP enrolment: logins need a code.
+	MFA bool `json:"mfa"`
 }
 
 // UserCreate is the body of POST /v1/users.
@@ -211,6 +228,7 @@ type Gateway struct {
 
 // PolicyRule is one ordered rule; the first matching rule decides, and no
 // match means deny. Users, Groups and Apps hold names; "*" matches any.
+// Its conditions (RuleConditions, all optional) must hold too.
 // POST /v1/policies (PolicyRuleCreate), GET /v1/policies, DELETE /v1/policies/{id}.
 type PolicyRule struct {
 	ID          RuleID    `json:"id"`
@@ -221,6 +239,7 @@ type PolicyRule struct {
 	Apps        []string  `json:"apps"`
 	Description string    `json:"description,omitempty"`
 	CreatedAt   time.Time `json:"created_at"`
+	RuleConditions
 }
 
 // PolicyRuleCreate is the body of POST /v1/policies. Position 0 appends;
@@ -232,6 +251,7 @@ type PolicyRuleCreate struct {
 	Groups      []string `json:"groups,omitempty"`
 	Apps        []string `json:"apps"`
 	Description string   `json:"description,omitempty"`
+	RuleConditions
 }
 
 // Device is a client installation bound to one user (GET /v1/devices,
@@ -243,13 +263,19 @@ type Device struct {
 	OverlayIP   netip.Addr   `json:"overlay_ip"`
 	WGPublicKey key.WGPublic `json:"wg_public_key"`
 	Disabled    bool         `json:"disabled"`
-	CreatedAt   time.Time    `json:"created_at"`
-	LastSeen    time.Time    `json:"last_seen,omitzero"`
+	// Approved says an admin approved the device, or that it enrolled
+	// while the controller did not require approval
+	// (--require-device-approval). With that setting, an unapproved device
+	// gets no grant; rules may require an approved device in any case.
+	Approved  bool      `json:"approved"`
+	CreatedAt time.Time `json:"created_at"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
 }
 
-// DeviceUpdate is the body of PATCH /v1/devices/{id}.
+// DeviceUpdate is the body of PATCH /v1/devices/{id}. Nil fields are unchanged.
 type DeviceUpdate struct {
 	Disabled *bool `json:"disabled,omitempty"`
+	Approved *bool `json:"approved,omitempty"`
 }
 
 // Grant is the unit of access: one device, one app, through one gateway,
@@ -338,6 +364,10 @@ type LoginRequest struct {
 	DeviceName  string       `json:"device_name"`
 	CSR         string       `json:"csr"` // PEM, ECDSA P-256, signed by the device key
 	WGPublicKey key.WGPublic `json:"wg_public_key"`
+	// MFACode is the second factor of a user with MFA: six digits from the
+	// authenticator app, or one of the user's recovery codes (each works
+	// once). Without it such a login is refused with mfa_required.
+	MFACode string `json:"mfa_code,omitempty"`
 }
 
 // LoginResponse answers a successful login. Session is only valid together
@@ -351,6 +381,30 @@ type LoginResponse struct {
 	OverlayIP        netip.Addr `json:"overlay_ip"`
 	// STUN is where the client learns its reflexive address (none: zero).
 	STUN netip.AddrPort `json:"stun,omitzero"`
+}
+
+// MFAEnrolment answers POST /v1/mfa/enrol (device): a new TOTP secret
+// for the device's user, pending until confirmed with a code from it
+// (POST /v1/mfa/confirm) before ExpiresAt. URI and Secret hold the secret:
+// they are shown this once and never again.
+type MFAEnrolment struct {
+	// URI is the otpauth:// URI authenticator apps read from a QR code.
+	URI string `json:"uri"`
+	// Secret is the base32 secret, for typing into an app by hand.
+	Secret    string    `json:"secret"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// MFAConfirm is the body of POST /v1/mfa/confirm: the first code of the
+// pending enrolment.
+type MFAConfirm struct {
+	Code string `json:"code"`
+}
+
+// MFAConfirmation answers POST /v1/mfa/confirm: MFA is active, and these
+// single-use recovery codes (shown this once) each stand in for a code.
+type MFAConfirmation struct {
+	RecoveryCodes []string `json:"recovery_codes"`
 }
 
 // CertificateRenewal is the body of POST /v1/device/certificate and

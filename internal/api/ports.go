@@ -117,6 +117,20 @@ type Duration time.Duration
 // MarshalText implements encoding.TextMarshaler.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
+// String prints d as time.Duration does, without zero trailing units:
+// "15m", "1h30m", "1h".
+func (d Duration) String() string {
+	s := time.Duration(d).String()
+	s, _ = strings.CutSuffix(s, "m0s")
+	if s != time.Duration(d).String() {
+		s += "m"
+	}
+	if t, ok := strings.CutSuffix(s, "h0m"); ok {
+		s = t + "h"
+	}
+	return s
+}
+
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))

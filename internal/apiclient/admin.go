@@ -52,6 +52,11 @@ func (a *Admin) RemoveUser(ctx context.Context, name string) error {
 	return a.c.Do(ctx, "DELETE", "/v1/users/"+url.PathEscape(name), nil, nil)
 }
 
+// ResetMFA removes a user's MFA enrolment and recovery codes.
+func (a *Admin) ResetMFA(ctx context.Context, name string) error {
+	return a.c.Do(ctx, "DELETE", "/v1/users/"+url.PathEscape(name)+"/mfa", nil, nil)
+}
+
 // AddGroup creates a group.
 func (a *Admin) AddGroup(ctx context.Context, name string) (api.Group, error) {
 	var out api.Group
@@ -120,6 +125,37 @@ func (a *Admin) Policies(ctx context.Context) ([]api.PolicyRule, error) {
 // RemovePolicy deletes a rule.
 func (a *Admin) RemovePolicy(ctx context.Context, id api.RuleID) error {
 	return a.c.Do(ctx, "DELETE", "/v1/policies/"+url.PathEscape(string(id)), nil, nil)
+}
+
+// WhyQuery names the request GET /v1/why explains; zero fields are left
+// out (unknown to the evaluation).
+type WhyQuery struct {
+	User, App string
+	Device    api.DeviceID
+	Source    string
+	At        time.Time
+	// MFAAt is the session's last MFA: an RFC 3339 time, "never", or ""
+	// (not given: taken as never, with a note).
+	MFAAt string
+}
+
+// Why explains how the policy decides the request q describes.
+func (a *Admin) Why(ctx context.Context, q WhyQuery) (api.Why, error) {
+	v := url.Values{"user": {q.User}, "app": {q.App}}
+	if q.Device != "" {
+		v.Set("device", string(q.Device))
+	}
+	if q.Source != "" {
+		v.Set("source", q.Source)
+	}
+	if !q.At.IsZero() {
+		v.Set("at", q.At.Format(time.RFC3339Nano))
+	}
+	if q.MFAAt != "" {
+		v.Set("mfa_at", q.MFAAt)
+	}
+	var out api.Why
+	return out, a.c.Do(ctx, "GET", "/v1/why?"+v.Encode(), nil, &out)
 }
 
 // Devices lists devices.

@@ -27,9 +27,9 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device,
 		}
 		d.OverlayIP = ip
 		_, err = tx.ExecContext(ctx, `
-			INSERT INTO devices (id, user_name, name, overlay_ip, wg_key, disabled, created_at, last_seen)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-			string(d.ID), d.User, d.Name, ip.String(), dbKey(d.WGPublicKey), boolInt(d.Disabled), dbTime(d.CreatedAt), dbTime(d.LastSeen))
+			INSERT INTO devices (id, user_name, name, overlay_ip, wg_key, disabled, approved, created_at, last_seen)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			string(d.ID), d.User, d.Name, ip.String(), dbKey(d.WGPublicKey), boolInt(d.Disabled), boolInt(d.Approved), dbTime(d.CreatedAt), dbTime(d.LastSeen))
 		if isConstraint(err, sqliteFK) {
 			return fmt.Errorf("user %q: %w", d.User, store.ErrNotFound)
 		}
@@ -41,17 +41,17 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device,
 	return d, nil
 }
 
-const deviceColumns = `id, user_name, name, overlay_ip, wg_key, disabled, created_at, last_seen`
+const deviceColumns = `id, user_name, name, overlay_ip, wg_key, disabled, approved, created_at, last_seen`
 
 func scanDevice(sc scanner) (store.Device, error) {
 	var d store.Device
 	var id, ip, wgKey string
-	var disabled int
+	var disabled, approved int
 	var created, seen sql.NullInt64
-	if err := sc.Scan(&id, &d.User, &d.Name, &ip, &wgKey, &disabled, &created, &seen); err != nil {
+	if err := sc.Scan(&id, &d.User, &d.Name, &ip, &wgKey, &disabled, &approved, &created, &seen); err != nil {
 		return store.Device{}, dbErr(err)
 	}
-	d.ID, d.Disabled = api.DeviceID(id), disabled != 0
+	d.ID, d.Disabled, d.Approved = api.DeviceID(id), disabled != 0, approved != 0
 	d.CreatedAt, d.LastSeen = goTime(created), goTime(seen)
 	var err error
 	if d.OverlayIP, err = goAddr(ip); err != nil {
@@ -96,8 +96,8 @@ func (s *Store) Devices(ctx context.Context) ([]store.Device, error) {
 // UpdateDevice implements store.Store.
 func (s *Store) UpdateDevice(ctx context.Context, d store.Device) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		return mustAffect(tx.ExecContext(ctx, `UPDATE devices SET name = ?, wg_key = ?, disabled = ?, last_seen = ? WHERE id = ?`,
-			d.Name, dbKey(d.WGPublicKey), boolInt(d.Disabled), dbTime(d.LastSeen), string(d.ID)))
+		return mustAffect(tx.ExecContext(ctx, `UPDATE devices SET name = ?, wg_key = ?, disabled = ?, approved = ?, last_seen = ? WHERE id = ?`,
+			d.Name, dbKey(d.WGPublicKey), boolInt(d.Disabled), boolInt(d.Approved), dbTime(d.LastSeen), string(d.ID)))
 	})
 	if err != nil {
 		return fmt.Errorf("update device %s: %w", d.ID, err)
@@ -108,8 +108,8 @@ func (s *Store) UpdateDevice(ctx context.Context, d store.Device) error {
 // CreateSession implements store.Store; the device must exist.
 func (s *Store) CreateSession(ctx context.Context, ss store.Session) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO sessions (hash, device_id, user_name, created_at, expires_at) VALUES (?, ?, ?, ?, ?)`,
-			ss.Hash, string(ss.DeviceID), ss.User, dbTime(orNow(ss.CreatedAt)), dbTime(ss.ExpiresAt))
+		_, err := tx.ExecContext(ctx, `INSERT INTO sessions (hash, device_id, user_name, created_at, expires_at, mfa_at) VALUES (?, ?, ?, ?, ?, ?)`,
+			ss.Hash, string(ss.DeviceID), ss.User, dbTime(orNow(ss.CreatedAt)), dbTime(ss.ExpiresAt), dbTime(ss.MFAAt))
 		if isConstraint(err, sqliteFK) {
 			return fmt.Errorf("device %s or user %q: %w", ss.DeviceID, ss.User, store.ErrNotFound)
 		}
@@ -126,13 +126,13 @@ func (s *Store) CreateSession(ctx context.Context, ss store.Session) error {
 func (s *Store) Session(ctx context.Context, hash string) (store.Session, error) {
 	var ss store.Session
 	var dev string
-	var created, expires sql.NullInt64
-	err := s.r.QueryRowContext(ctx, `SELECT hash, device_id, user_name, created_at, expires_at FROM sessions WHERE hash = ?`, hash).
-		Scan(&ss.Hash, &dev, &ss.User, &created, &expires)
+	var created, expires, mfaAt sql.NullInt64
+	err := s.r.QueryRowContext(ctx, `SELECT hash, device_id, user_name, created_at, expires_at, mfa_at FROM sessions WHERE hash = ?`, hash).
+		Scan(&ss.Hash, &dev, &ss.User, &created, &expires, &mfaAt)
 	if err != nil {
 		return store.Session{}, fmt.Errorf("session: %w", dbErr(err))
 	}
-	ss.DeviceID, ss.CreatedAt, ss.ExpiresAt = api.DeviceID(dev), goTime(created), goTime(expires)
+	ss.DeviceID, ss.CreatedAt, ss.ExpiresAt, ss.MFAAt = api.DeviceID(dev), goTime(created), goTime(expires), goTime(mfaAt)
 	return ss, nil
 }
 

@@ -15,11 +15,11 @@ import (
 
 const insertGrantSQL = `
 	INSERT INTO grants (id, device_id, user_name, app, app_id, gateway_id, client_ip, client_wg_key,
-		targets, ports, rule, created_at, not_after, revoked_at, revoke_reason, name, export)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+		targets, ports, rule, created_at, not_after, revoked_at, revoke_reason, name, export, source, mfa_at)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 const grantColumns = `id, device_id, user_name, app, app_id, gateway_id, client_ip, client_wg_key,
-	targets, ports, rule, created_at, not_after, revoked_at, revoke_reason, name, export`
+	targets, ports, rule, created_at, not_after, revoked_at, revoke_reason, name, export, source, mfa_at`
 
 const selectGrantSQL = `SELECT ` + grantColumns + ` FROM grants`
 
@@ -53,14 +53,14 @@ func liveGrantsSQL(filter int) string {
 
 func scanGrant(sc scanner) (store.Grant, error) {
 	var g store.Grant
-	var id, dev, appID, gw, ip, wgKey, targets, ports, rule string
-	var created, notAfter, revoked sql.NullInt64
+	var id, dev, appID, gw, ip, wgKey, targets, ports, rule, source string
+	var created, notAfter, revoked, mfaAt sql.NullInt64
 	var export int
 	if err := sc.Scan(&id, &dev, &g.User, &g.App, &appID, &gw, &ip, &wgKey,
-		&targets, &ports, &rule, &created, &notAfter, &revoked, &g.RevokeReason, &g.Name, &export); err != nil {
+		&targets, &ports, &rule, &created, &notAfter, &revoked, &g.RevokeReason, &g.Name, &export, &source, &mfaAt); err != nil {
 		return store.Grant{}, dbErr(err)
 	}
-	g.Export = export != 0
+	g.Export, g.Facts.MFAAt = export != 0, goTime(mfaAt)
 	g.ID, g.DeviceID, g.AppID, g.GatewayID, g.Rule = api.GrantID(id), api.DeviceID(dev), api.AppID(appID), api.GatewayID(gw), api.RuleID(rule)
 	g.CreatedAt, g.NotAfter, g.RevokedAt = goTime(created), goTime(notAfter), goTime(revoked)
 	var err error
@@ -69,6 +69,9 @@ func scanGrant(sc scanner) (store.Grant, error) {
 	}
 	if g.ClientWGKey, err = goKey(wgKey); err != nil {
 		return store.Grant{}, fmt.Errorf("grant %s: %w", id, err)
+	}
+	if g.Facts.Source, err = goAddr(source); err != nil {
+		return store.Grant{}, fmt.Errorf("grant %s: source: %w", id, err)
 	}
 	if err := goJSON(targets, &g.Targets); err != nil {
 		return store.Grant{}, fmt.Errorf("grant %s: targets: %w", id, err)
@@ -204,7 +207,8 @@ func (s *Store) insertGrantRow(ctx context.Context, insGrant, insAudit *sql.Stmt
 	_, err := insGrant.ExecContext(ctx,
 		string(g.ID), string(g.DeviceID), g.User, g.App, string(g.AppID), string(g.GatewayID),
 		dbAddr(g.ClientIP), dbKey(g.ClientWGKey), r.targets, r.ports, string(g.Rule),
-		dbTime(orNow(g.CreatedAt)), g.NotAfter.UnixNano(), dbTime(g.RevokedAt), g.RevokeReason, g.Name, boolInt(g.Export))
+		dbTime(orNow(g.CreatedAt)), g.NotAfter.UnixNano(), dbTime(g.RevokedAt), g.RevokeReason, g.Name, boolInt(g.Export),
+		dbAddr(g.Facts.Source), dbTime(g.Facts.MFAAt))
 	if err != nil {
 		return dbErr(err)
 	}
@@ -285,7 +289,7 @@ func (s *Store) LiveGrantsFor(ctx context.Context, now time.Time, device api.Dev
 // whose NotAfter is not after it has expired and cannot be renewed (an error
 // matching both ErrNotFound and ErrExpired); with ev.Time zero only
 // revocation is checked. A revoked or unknown grant is ErrNotFound.
-func (s *Store) RenewGrant(ctx context.Context, id api.GrantID, notAfter time.Time, ev api.AuditEvent) error {
+func (s *Store) RenewGrant(ctx context.Context, id api.GrantID, notAfter time.Time, facts store.GrantFacts, ev api.AuditEvent) error {
 	if ev.GrantID == "" {
 		ev.GrantID = id
 	}
@@ -300,7 +304,8 @@ func (s *Store) RenewGrant(ctx context.Context, id api.GrantID, notAfter time.Ti
 			// and the reason is expiry (ErrExpired) for callers who care.
 			return fmt.Errorf("expired at %v: %w, %w", goTime(sql.NullInt64{Int64: cur, Valid: true}), store.ErrNotFound, store.ErrExpired)
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE grants SET not_after = ? WHERE id = ?`, notAfter.UnixNano(), string(id)); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE grants SET not_after = ?, source = ?, mfa_at = ? WHERE id = ?`,
+			notAfter.UnixNano(), dbAddr(facts.Source), dbTime(facts.MFAAt), string(id)); err != nil {
 			return dbErr(err)
 		}
 		_, err = s.appendAudit(ctx, tx, ev)

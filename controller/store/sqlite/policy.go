@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 
 	"github.com/keyhole-net/keyhole/internal/api"
@@ -11,7 +12,7 @@ import (
 // PolicyRules implements store.Store, in evaluation order.
 func (s *Store) PolicyRules(ctx context.Context) ([]api.PolicyRule, error) {
 	rows, err := s.r.QueryContext(ctx, `
-		SELECT id, position, action, users, groups, apps, description, created_at
+		SELECT id, position, action, users, groups, apps, conditions, description, created_at
 		FROM policy_rules ORDER BY position`)
 	if err != nil {
 		return nil, fmt.Errorf("list policy rules: %w", err)
@@ -20,9 +21,9 @@ func (s *Store) PolicyRules(ctx context.Context) ([]api.PolicyRule, error) {
 	var out []api.PolicyRule
 	for rows.Next() {
 		var r api.PolicyRule
-		var id, action, users, groups, apps string
+		var id, action, users, groups, apps, conds string
 		var created sql.NullInt64
-		if err := rows.Scan(&id, &r.Position, &action, &users, &groups, &apps, &r.Description, &created); err != nil {
+		if err := rows.Scan(&id, &r.Position, &action, &users, &groups, &apps, &conds, &r.Description, &created); err != nil {
 			return nil, fmt.Errorf("list policy rules: %w", err)
 		}
 		r.ID, r.Action, r.CreatedAt = api.RuleID(id), api.Action(action), goTime(created)
@@ -33,6 +34,9 @@ func (s *Store) PolicyRules(ctx context.Context) ([]api.PolicyRule, error) {
 			if err := goJSON(f.s, f.v); err != nil {
 				return nil, fmt.Errorf("list policy rules: rule %s: %w", id, err)
 			}
+		}
+		if err := goJSON(conds, &r.RuleConditions); err != nil {
+			return nil, fmt.Errorf("list policy rules: rule %s: conditions: %w", id, err)
 		}
 		out = append(out, r)
 	}
@@ -62,7 +66,11 @@ func (s *Store) InsertPolicyRule(ctx context.Context, r api.PolicyRule) (api.Pol
 			return api.PolicyRule{}, fmt.Errorf("insert policy rule %s: %w", r.ID, err)
 		}
 	}
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	conds, err := dbConditions(r.RuleConditions)
+	if err != nil {
+		return api.PolicyRule{}, fmt.Errorf("insert policy rule %s: %w", r.ID, err)
+	}
+	err = s.write(ctx, func(tx *sql.Tx) error {
 		var n int
 		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM policy_rules`).Scan(&n); err != nil {
 			return err
@@ -73,15 +81,27 @@ func (s *Store) InsertPolicyRule(ctx context.Context, r api.PolicyRule) (api.Pol
 			return err
 		}
 		_, err := tx.ExecContext(ctx, `
-			INSERT INTO policy_rules (id, position, action, users, groups, apps, description, created_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-			string(r.ID), r.Position, string(r.Action), lists[0], lists[1], lists[2], r.Description, dbTime(r.CreatedAt))
+			INSERT INTO policy_rules (id, position, action, users, groups, apps, conditions, description, created_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			string(r.ID), r.Position, string(r.Action), lists[0], lists[1], lists[2], conds, r.Description, dbTime(r.CreatedAt))
 		return dbErr(err)
 	})
 	if err != nil {
 		return api.PolicyRule{}, fmt.Errorf("insert policy rule %s at %d: %w", r.ID, r.Position, err)
 	}
 	return r, nil
+}
+
+// dbConditions stores a rule's conditions as JSON, "null" for none.
+func dbConditions(c api.RuleConditions) (string, error) {
+	if c.IsZero() {
+		return "null", nil
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		return "", fmt.Errorf("conditions: %w", err)
+	}
+	return string(b), nil
 }
 
 // DeletePolicyRule implements store.Store; the rules after it move up one.

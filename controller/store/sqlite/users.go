@@ -90,19 +90,20 @@ func setGroups(ctx context.Context, tx *sql.Tx, user string, groups []string) er
 }
 
 const userColumns = `id, name, password_hash, disabled, created_at,
-	(SELECT json_group_array(group_name ORDER BY group_name) FROM user_groups m WHERE m.user_name = users.name)`
+	(SELECT json_group_array(group_name ORDER BY group_name) FROM user_groups m WHERE m.user_name = users.name),
+	EXISTS (SELECT 1 FROM user_mfa f WHERE f.user_name = users.name AND f.confirmed_at IS NOT NULL)`
 
 func scanUser(sc scanner) (store.User, error) {
 	var u store.User
 	var created sql.NullInt64
 	var groups string
-	var disabled int
+	var disabled, mfa int
 	var id string
-	if err := sc.Scan(&id, &u.Name, &u.PasswordHash, &disabled, &created, &groups); err != nil {
+	if err := sc.Scan(&id, &u.Name, &u.PasswordHash, &disabled, &created, &groups, &mfa); err != nil {
 		return store.User{}, dbErr(err)
 	}
 	u.ID = api.UserID(id)
-	u.Disabled = disabled != 0
+	u.Disabled, u.MFA = disabled != 0, mfa != 0
 	u.CreatedAt = goTime(created)
 	if err := goJSON(groups, &u.Groups); err != nil {
 		return store.User{}, fmt.Errorf("groups: %w", err)

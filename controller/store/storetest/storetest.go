@@ -58,11 +58,17 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"AdminTokens", testAdminTokens},
 		{"PolicyInsert", testPolicyInsert},
 		{"PolicyDelete", testPolicyDelete},
+		{"PolicyConditions", testPolicyConditions},
 		{"Devices", testDevices},
+		{"DeviceApproval", testDeviceApproval},
 		{"Sessions", testSessions},
+		{"SessionMFAAt", testSessionMFAAt},
+		{"MFA", testMFA},
+		{"RecoveryCodes", testRecoveryCodes},
 		{"CreateGrant", testCreateGrant},
 		{"LiveGrants", testLiveGrants},
 		{"RenewGrant", testRenewGrant},
+		{"GrantFacts", testGrantFacts},
 		{"RevokeGrants", testRevokeGrants},
 		{"CreateExport", testCreateExport},
 		{"Audit", testAudit},
@@ -806,7 +812,7 @@ func testCreateGrant(t *testing.T, s store.Store) {
 	live, err := s.LiveGrantsFor(ctx, t0, dev.ID, named.AppID)
 	mustOK(t, err)
 	wantEqual(t, "LiveGrantsFor", live, []store.Grant{g, named})
-	mustOK(t, s.RenewGrant(ctx, named.ID, t0.Add(20*time.Minute), allowEvent(named.ID)))
+	mustOK(t, s.RenewGrant(ctx, named.ID, t0.Add(20*time.Minute), store.GrantFacts{}, allowEvent(named.ID)))
 	named.NotAfter = t0.Add(20 * time.Minute)
 	got, err = s.Grant(ctx, named.ID)
 	mustOK(t, err)
@@ -894,7 +900,7 @@ func testRenewGrant(t *testing.T, s store.Store) {
 
 	renewAt := t0.Add(7 * time.Minute)
 	renew := func(id api.GrantID, at time.Time) error {
-		return s.RenewGrant(ctx, id, at.Add(10*time.Minute), api.AuditEvent{Time: at, Type: "grant.renew", Actor: "user:alice", GrantID: id})
+		return s.RenewGrant(ctx, id, at.Add(10*time.Minute), store.GrantFacts{}, api.AuditEvent{Time: at, Type: "grant.renew", Actor: "user:alice", GrantID: id})
 	}
 	mustOK(t, renew(g.ID, renewAt))
 	got, err := s.Grant(ctx, g.ID)

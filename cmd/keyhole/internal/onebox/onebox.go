@@ -37,6 +37,9 @@ type Config struct {
 	// FastPasswords uses cheap argon2id parameters (tests and benchmarks
 	// only; never in a real controller).
 	FastPasswords bool
+	// Now is the controller's clock (nil: time.Now); tests move it to
+	// step TOTP codes and lockouts without sleeping.
+	Now func() time.Time
 }
 
 // Box is a running system. Close stops everything it started.
@@ -82,6 +85,7 @@ func Start(ctx context.Context, cfg Config) (*Box, error) {
 		RelayListen:   "127.0.0.1:0",
 		GrantLifetime: cfg.GrantLifetime,
 		Logger:        cfg.Logger.With("role", "controller"),
+		Now:           cfg.Now,
 	}
 	if cfg.FastPasswords {
 		ccfg.Password = auth.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
