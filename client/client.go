@@ -458,7 +458,9 @@ func (c *Client) renewDue(ctx context.Context) {
 	}
 }
 
-// releaseAll tells the controller this client no longer needs its grants.
+// releaseAll tells the controller this client no longer needs its grants,
+// several at a time, within a few seconds (grants not released in time end
+// at their expiry, as for a client that died).
 func (c *Client) releaseAll() {
 	c.mu.Lock()
 	ids := make([]api.GrantID, 0, len(c.grants))
@@ -466,13 +468,22 @@ func (c *Client) releaseAll() {
 		ids = append(ids, id)
 	}
 	c.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
 	for _, id := range ids {
-		if err := c.sess.api.Do(ctx, "DELETE", "/v1/grants/"+string(id), nil, nil); err != nil {
-			c.log.Debug("releasing grant", "grant_id", id, "err", err)
-		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := c.sess.api.Do(ctx, "DELETE", "/v1/grants/"+string(id), nil, nil); err != nil {
+				c.log.Debug("releasing grant", "grant_id", id, "err", err)
+			}
+		}()
 	}
+	wg.Wait()
 }
 
 // Release gives up the grant that covers dest, at the controller and
