@@ -31,16 +31,16 @@ func testExport(t *testing.T) *WireGuardConfig {
 				NotAfter: time.Date(2026, 11, 23, 11, 0, 0, 0, time.UTC),
 				Targets: []api.GrantTarget{
 					{Prefix: netip.MustParsePrefix("100.96.0.5/32"), Host: "wiki.corp.internal"},
-					{Prefix: netip.MustParsePrefix("10.20.0.0/24")},
+					{Prefix: netip.MustParsePrefix("198.51.100.0/24")},
 				},
 			},
 			Peer: api.Peer{
 				PublicKey:  gwKey,
-				AllowedIPs: []netip.Prefix{netip.MustParsePrefix("100.96.0.5/32"), netip.MustParsePrefix("10.20.0.0/24")},
-				Endpoints:  []netip.AddrPort{netip.MustParseAddrPort("203.0.113.7:51820"), netip.MustParseAddrPort("192.168.1.5:51820")},
+				AllowedIPs: []netip.Prefix{netip.MustParsePrefix("100.96.0.5/32"), netip.MustParsePrefix("198.51.100.0/24")},
+				Endpoints:  []netip.AddrPort{netip.MustParseAddrPort("203.0.113.7:51820"), netip.MustParseAddrPort("198.51.100.5:51820")},
 				Candidates: []api.Candidate{
 					{Type: api.CandidateSrflx, Addr: netip.MustParseAddrPort("203.0.113.7:51820")},
-					{Type: api.CandidateHost, Addr: netip.MustParseAddrPort("192.168.1.5:51820")},
+					{Type: api.CandidateHost, Addr: netip.MustParseAddrPort("198.51.100.5:51820")},
 				},
 			},
 			Address: netip.MustParseAddr("100.64.0.9"),
@@ -55,9 +55,9 @@ func TestExportRender(t *testing.T) {
 `
 	const peer = `[Peer]
 PublicKey = WGY1dcJMKWmqNv0Zhm1Q8C5+C0wnz14OyORD9LC1diM=
-AllowedIPs = 100.96.0.5/32, 10.20.0.0/24
+AllowedIPs = 100.96.0.5/32, 198.51.100.0/24
 Endpoint = 203.0.113.7:51820
-# Other gateway addresses, if this one is not reachable from the client: 192.168.1.5:51820 (host)
+# Other gateway addresses, if this one is not reachable from the client: 198.51.100.5:51820 (host)
 PersistentKeepalive = 25
 `
 	for _, tc := range []struct {
@@ -77,7 +77,7 @@ MTU = 1416
 #   ip address add 100.64.0.9/32 dev wg0
 #   ip link set wg0 mtu 1416 up
 #   ip route add 100.96.0.5/32 dev wg0
-#   ip route add 10.20.0.0/24 dev wg0
+#   ip route add 198.51.100.0/24 dev wg0
 [Interface]
 PrivateKey = YEocP0e0ch7RJ3lSn1GlnDmxIuAa6HGxSeaQ0z4nOXE=
 # DNS: none; the app's names are not in public DNS. Add to the hosts file:
@@ -91,7 +91,7 @@ MTU = 1416
 
 [Peer]
 PublicKey = WGY1dcJMKWmqNv0Zhm1Q8C5+C0wnz14OyORD9LC1diM=
-AllowedIPs = 100.96.0.5/32, 10.20.0.0/24
+AllowedIPs = 100.96.0.5/32, 198.51.100.0/24
 Endpoint = 203.0.113.7:51820
 PersistentKeepalive = 25
 `},

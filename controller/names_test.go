@@ -189,17 +189,17 @@ func TestStillMatches(t *testing.T) {
 
 func TestDeviceDomainsVersion(t *testing.T) {
 	a := []store.App{
-		{Name: "b", Domains: []string{"b.x.y"}, Addresses: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/8")}},
+		{Name: "b", Domains: []string{"b.x.y"}, Addresses: []netip.Prefix{netip.MustParsePrefix("198.51.100.1/24")}},
 		{Name: "a", Domains: []string{"*.x.y"}},
 	}
 	b := []store.App{a[1], a[0]}
 	da, db := deviceDomains(a), deviceDomains(b)
-	if da.Version != db.Version || da.Prefixes[0] != netip.MustParsePrefix("10.0.0.0/8") {
+	if da.Version != db.Version || da.Prefixes[0] != netip.MustParsePrefix("198.51.100.0/24") {
 		t.Fatalf("order-dependent or unmasked: %+v vs %+v", da, db)
 	}
 	// Moving a name from the domains to an address list is a change.
-	c := deviceDomains([]store.App{{Domains: []string{"10.0.0.0/8"}}})
-	d := deviceDomains([]store.App{{Addresses: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}})
+	c := deviceDomains([]store.App{{Domains: []string{"198.51.100.0/24"}}})
+	d := deviceDomains([]store.App{{Addresses: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}})
 	if c.Version == d.Version {
 		t.Fatal("domains and prefixes hash alike")
 	}

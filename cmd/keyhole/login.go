@@ -50,10 +50,7 @@ func (c *cli) loginCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(c.stdout, "Logged in as %s\n", p.User)
-			fmt.Fprintf(c.stdout, "Device:     %s\n", p.DeviceID)
-			fmt.Fprintf(c.stdout, "Overlay IP: %s\n", p.OverlayIP)
-			fmt.Fprintf(c.stdout, "Session:    until %s\n", fmtTime(p.SessionExpiresAt))
+			c.reportLogin(p)
 			return nil
 		},
 	}
@@ -94,4 +91,12 @@ func (c *cli) logoutCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&dir, "data", defaultDataDir(""), "client data directory")
 	return cmd
+}
+
+// reportLogin prints what a successful login (password or OIDC) set up.
+func (c *cli) reportLogin(p *client.Profile) {
+	fmt.Fprintf(c.stdout, "Logged in as %s\n", p.User)
+	fmt.Fprintf(c.stdout, "Device:     %s\n", p.DeviceID)
+	fmt.Fprintf(c.stdout, "Overlay IP: %s\n", p.OverlayIP)
+	fmt.Fprintf(c.stdout, "Session:    until %s\n", fmtTime(p.SessionExpiresAt))
 }

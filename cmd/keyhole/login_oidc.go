@@ -61,10 +61,7 @@ func (c *cli) loginOIDC(cmd *cobra.Command, lc client.LoginConfig, o oidcLoginFl
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stdout, "Logged in as %s\n", p.User)
-	fmt.Fprintf(c.stdout, "Device:     %s\n", p.DeviceID)
-	fmt.Fprintf(c.stdout, "Overlay IP: %s\n", p.OverlayIP)
-	fmt.Fprintf(c.stdout, "Session:    until %s\n", fmtTime(p.SessionExpiresAt))
+	c.reportLogin(p)
 	return nil
 }
 
