@@ -16,7 +16,6 @@ import (
 	"github.com/keyhole-net/keyhole/gateway"
 	"github.com/keyhole-net/keyhole/internal/api"
 	"github.com/keyhole-net/keyhole/internal/apiclient"
-	"github.com/keyhole-net/keyhole/internal/key"
 	"github.com/keyhole-net/keyhole/internal/trust"
 )
 
@@ -186,20 +185,10 @@ func (e *testEnv) tryLogin(req api.LoginRequest) (*testDevice, api.LoginResponse
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := trust.NewKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := trust.NewCSR(k, "laptop")
-	if err != nil {
-		t.Fatal(err)
-	}
-	wgKey, err := key.NewWGPrivate()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dev, creds := newLoginDevice(t)
+	k := creds.Key
 	var resp api.LoginResponse
-	req.DeviceName, req.CSR, req.WGPublicKey = "laptop", csr, wgKey.Public()
+	req.DeviceName, req.CSR, req.WGPublicKey = dev.DeviceName, dev.CSR, dev.WGPublicKey
 	if err := pinned.Do(ctx, "POST", "/v1/login", req, &resp); err != nil {
 		return nil, resp, err
 	}
