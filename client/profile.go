@@ -74,72 +74,29 @@ func Login(ctx context.Context, cfg LoginConfig) (*Profile, error) {
 	if cfg.ControllerURL == "" || cfg.CAFingerprint == "" || cfg.User == "" {
 		return nil, errors.New("login: --controller, --ca-fingerprint and --user are required")
 	}
-	if cfg.DeviceName == "" {
-		cfg.DeviceName, _ = os.Hostname()
-	}
-	pinned, err := apiclient.New(apiclient.Config{URL: cfg.ControllerURL, Fingerprint: cfg.CAFingerprint})
+	// A fresh device key at every login: the old one stops working. The
+	// previous device is re-used for the same user at the same controller.
+	lk, err := newLoginKeys(ctx, cfg.ControllerURL, cfg.CAFingerprint, cfg.DataDir, cfg.DeviceName, func(old *Profile) bool { return old.User == cfg.User })
 	if err != nil {
 		return nil, fmt.Errorf("login: %w", err)
-	}
-	cs, err := pinned.ConnectionState(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("login: %w", err)
-	}
-	caCert, err := trust.CAFromChain(cs, cfg.CAFingerprint)
-	if err != nil {
-		return nil, fmt.Errorf("login: %w", err)
-	}
-	var deviceID api.DeviceID
-	if old, err := LoadProfile(cfg.DataDir); err == nil && old.User == cfg.User && old.ControllerURL == cfg.ControllerURL {
-		if creds, err := trust.LoadCredentials(cfg.DataDir); err == nil && creds.Fingerprint() == trust.Fingerprint(caCert) {
-			deviceID = old.DeviceID
-		}
-	}
-	// A fresh device key at every login: the old one stops working.
-	k, err := trust.NewKey()
-	if err != nil {
-		return nil, err
-	}
-	csr, err := trust.NewCSR(k, cfg.DeviceName)
-	if err != nil {
-		return nil, err
-	}
-	wgKey, err := key.NewWGPrivate()
-	if err != nil {
-		return nil, err
 	}
 	var resp api.LoginResponse
 	req := api.LoginRequest{
-		User: cfg.User, Password: cfg.Password, DeviceID: deviceID, DeviceName: cfg.DeviceName,
-		CSR: csr, WGPublicKey: wgKey.Public(), MFACode: cfg.MFACode,
+		User: cfg.User, Password: cfg.Password, DeviceID: lk.device.DeviceID, DeviceName: lk.device.DeviceName,
+		CSR: lk.device.CSR, WGPublicKey: lk.device.WGPublicKey, MFACode: cfg.MFACode,
 	}
-	err = pinned.Do(ctx, "POST", "/v1/login", req, &resp)
+	err = lk.pinned.Do(ctx, "POST", "/v1/login", req, &resp)
 	if apiclient.IsCode(err, api.CodeMFARequired) && req.MFACode == "" && cfg.PromptMFA != nil {
 		if req.MFACode, err = cfg.PromptMFA(); err != nil {
 			return nil, fmt.Errorf("login: %w", err)
 		}
-		err = pinned.Do(ctx, "POST", "/v1/login", req, &resp)
+		err = lk.pinned.Do(ctx, "POST", "/v1/login", req, &resp)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("login: %w", err)
 	}
-	cert, err := trust.ParseCertPEM(resp.Certificate)
+	p, err := lk.save(cfg.ControllerURL, cfg.DataDir, resp)
 	if err != nil {
-		return nil, fmt.Errorf("login: %w", err)
-	}
-	creds := &trust.Credentials{Key: k, Cert: cert, CA: caCert}
-	if err := creds.Save(cfg.DataDir); err != nil {
-		return nil, fmt.Errorf("login: %w", err)
-	}
-	if err := trust.WriteSecret(filepath.Join(cfg.DataDir, fileWGKey), []byte(wgKey.Base64Secret()+"\n")); err != nil {
-		return nil, fmt.Errorf("login: %w", err)
-	}
-	if err := trust.WriteSecret(filepath.Join(cfg.DataDir, fileSession), []byte(resp.Session+"\n")); err != nil {
-		return nil, fmt.Errorf("login: %w", err)
-	}
-	p := &Profile{ControllerURL: cfg.ControllerURL, User: resp.User, DeviceID: resp.DeviceID, OverlayIP: resp.OverlayIP, SessionExpiresAt: resp.SessionExpiresAt, STUN: resp.STUN}
-	b, _ := json.MarshalIndent(p, "", "  ")
-	if err := trust.WriteSecret(filepath.Join(cfg.DataDir, fileProfile), b); err != nil {
 		return nil, fmt.Errorf("login: %w", err)
 	}
 	return p, nil
