@@ -47,6 +47,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseUsername -fuzztime 30s ./internal/relay/
 	$(GO) test -run '^$$' -fuzz FuzzHandle -fuzztime 30s ./client/splitdns/
 	$(GO) test -run '^$$' -fuzz FuzzHostName -fuzztime 30s ./controller/
+	$(GO) test -run '^$$' -fuzz FuzzPostureReport -fuzztime 30s ./controller/
 	$(GO) test -run '^$$' -fuzz FuzzEchoRequest4 -fuzztime 30s ./internal/wg/
 
 clean:

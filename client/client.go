@@ -18,8 +18,10 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/keyhole-net/keyhole/client/posture"
 	"github.com/keyhole-net/keyhole/client/splitdns"
 	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/apiclient"
 	"github.com/keyhole-net/keyhole/internal/key"
 	"github.com/keyhole-net/keyhole/internal/nat"
 	"github.com/keyhole-net/keyhole/internal/trust"
@@ -48,9 +50,12 @@ type Config struct {
 	IdleRelease time.Duration
 	// NoDNS turns split DNS off in TUN mode: apps are then reached by
 	// address (keyhole connect grants and routes them).
-	NoDNS  bool
-	Logger *slog.Logger
-	Now    func() time.Time
+	NoDNS bool
+	// Posture configures posture collection: the client version reported
+	// and the device's own command checks.
+	Posture posture.Config
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // dataPlane is the client's WireGuard interface: a netstack in userspace
@@ -58,6 +63,7 @@ type Config struct {
 type dataPlane interface {
 	UpsertPeer(wg.Peer) error
 	RemovePeer(key.WGPublic) error
+	SetPrivateKey(key.WGPrivate) error
 	Peers() ([]wg.PeerStatus, error)
 	Bind() *nat.Bind
 	Port() uint16
@@ -75,6 +81,12 @@ type Client struct {
 	net  dataPlane
 	tun  *wg.TUN // TUN mode only; the same device as net
 	sf   singleflight.Group
+	// reporter keeps the device's signed posture report.
+	reporter *reporter
+	// rotateMu orders key rotations; nextRotate is when to retry a failed
+	// one (Run's goroutine only).
+	rotateMu   sync.Mutex
+	nextRotate time.Time
 
 	routesMu      sync.Mutex // orders syncRoutes calls
 	evMu          sync.Mutex // guards evCancel, evDone: the event stream in use
@@ -166,6 +178,7 @@ func New(cfg Config) (*Client, error) {
 		peerBytes: make(map[api.GatewayID]uint64),
 		renewNow:  make(chan struct{}, 1),
 		started:   make(chan struct{}),
+		reporter:  newReporter(cfg.Posture),
 	}
 	c.ifaddrs = c.hostAddrs()
 	return c, nil
@@ -189,9 +202,10 @@ func (c *Client) Run(ctx context.Context) error {
 	bgCtx, stopBG := context.WithCancel(ctx)
 	var bg sync.WaitGroup
 	defer func() { stopBG(); bg.Wait() }()
-	bg.Add(2)
+	bg.Add(3)
 	go func() { defer bg.Done(); c.pathLoop(bgCtx) }()
 	go func() { defer bg.Done(); c.eventLoop(bgCtx) }()
+	go func() { defer bg.Done(); c.postureLoop(bgCtx) }()
 	if c.tun != nil && !c.cfg.NoDNS {
 		ready := make(chan error, 1)
 		bg.Add(1)
@@ -221,6 +235,7 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-c.renewNow:
 		}
 		c.renewDue(ctx)
+		c.maybeRotate(ctx)
 		c.releaseIdle(ctx)
 		c.reapIdlePeers()
 		if time.Since(lastStatus) > 2*time.Second {
@@ -250,8 +265,14 @@ func (c *Client) Grant(ctx context.Context, dest, proto string, port uint16) (ap
 			c.learnReflexive(ctx)
 		}
 		var resp api.GrantResponse
-		req := api.GrantRequest{App: dest, Proto: proto, Port: port, Candidates: apiCandidates(c.candidates())}
+		req := api.GrantRequest{App: dest, Proto: proto, Port: port, Candidates: apiCandidates(c.candidates()), Posture: c.posture(ctx)}
 		err := c.sess.api.Do(ctx, "POST", "/v1/grants", req, &resp)
+		if apiclient.IsCode(err, api.CodePostureRefused) {
+			// A report the loop replaced meanwhile is older than the
+			// controller's latest: collect a new one and try once more.
+			req.Posture, _ = c.collectPosture(ctx, true)
+			err = c.sess.api.Do(ctx, "POST", "/v1/grants", req, &resp)
+		}
 		if err != nil {
 			var ae *api.Error
 			if errors.As(err, &ae) && ae.Code == api.CodeDenied {
@@ -440,7 +461,7 @@ func (c *Client) renewDue(ctx context.Context) {
 	}
 	for _, id := range due {
 		var resp api.GrantResponse
-		err := c.sess.api.Do(ctx, "POST", "/v1/grants/"+string(id)+"/renew", nil, &resp)
+		err := c.sess.api.Do(ctx, "POST", "/v1/grants/"+string(id)+"/renew", api.GrantRenewal{Posture: c.posture(ctx)}, &resp)
 		var ae *api.Error
 		switch {
 		case err == nil:

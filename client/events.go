@@ -107,5 +107,7 @@ func (c *Client) applyEvent(ctx context.Context, ev api.DeviceEvent) {
 		c.drop(ev.GrantID, reason)
 	case api.DeviceEventDomainsChanged:
 		c.refreshDomains(ctx)
+	case api.DeviceEventPostureChanged:
+		c.postureChecksChanged()
 	}
 }

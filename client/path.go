@@ -434,7 +434,7 @@ func (c *Client) maintainPaths(ctx context.Context) {
 // refreshPeer renews grant id now, for the gateway's current candidates.
 func (c *Client) refreshPeer(ctx context.Context, id api.GrantID) {
 	var resp api.GrantResponse
-	req := api.GrantRenewal{Candidates: apiCandidates(c.candidates())}
+	req := api.GrantRenewal{Candidates: apiCandidates(c.candidates()), Posture: c.posture(ctx)}
 	if err := c.sess.api.Do(ctx, "POST", "/v1/grants/"+string(id)+"/renew", req, &resp); err != nil {
 		c.log.Debug("renewal for fresh candidates failed", "grant_id", id, "err", err)
 		return

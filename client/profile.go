@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keyhole-net/keyhole/internal/api"
@@ -131,9 +132,18 @@ func LoggedIn(dir string) bool {
 // session is everything needed to talk to the controller as this device.
 type session struct {
 	profile *Profile
-	creds   *trust.Credentials
-	wgKey   key.WGPrivate
 	api     *apiclient.Client
+
+	mu    sync.Mutex // guards creds and wgKey, which key rotation replaces
+	creds *trust.Credentials
+	wgKey key.WGPrivate
+}
+
+// identity returns the device's current credentials and WireGuard key.
+func (s *session) identity() (*trust.Credentials, key.WGPrivate) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.creds, s.wgKey
 }
 
 func loadSession(dir string) (*session, error) {

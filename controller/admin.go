@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -399,6 +400,9 @@ func (c *Controller) handlePolicyAdd(w http.ResponseWriter, r *http.Request, a a
 // exist: a typo in a rule is a silent hole or a silent lockout.
 func (c *Controller) checkRuleNames(r *http.Request, req api.PolicyRuleCreate) error {
 	cat := c.catalog.Load()
+	if p := req.Posture; p != "" && !slices.ContainsFunc(cat.profiles, func(x api.PostureProfile) bool { return x.Name == p }) {
+		return notFound("posture profile %q does not exist (keyhole admin posture list)", p)
+	}
 	for _, app := range req.Apps {
 		if _, ok := cat.apps[app]; !ok && app != "*" {
 			return notFound("app %q does not exist (keyhole admin app list)", app)

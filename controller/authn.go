@@ -26,6 +26,11 @@ type deviceCaller struct {
 	// MFAAt is when the session's login checked a second factor (zero:
 	// password only), for rules that want MFA within N minutes.
 	MFAAt time.Time
+	// posture is the posture report the request is judged on (see
+	// Controller.posture); nil for none.
+	posture *api.Posture
+	// sessionEnd is when the session expires: no grant outlives it.
+	sessionEnd time.Time
 }
 
 func (d deviceCaller) actor() string { return "user:" + d.user.Name }
@@ -117,6 +122,10 @@ func (c *Controller) authDevice(r *http.Request) (deviceCaller, error) {
 	if d.Disabled {
 		return deviceCaller{}, errf(http.StatusForbidden, api.CodeForbidden, "device %s is disabled; ask an admin", d.ID)
 	}
+	if d.KeyPin != "" && trust.KeyPin(r.TLS.PeerCertificates[0].PublicKey) != d.KeyPin {
+		c.log.Warn("device certificate for a retired key", "device_id", d.ID, "source", remoteAddr(r))
+		return deviceCaller{}, unauthorized("this device's key was replaced (a key rotation or a newer login); run keyhole login")
+	}
 	u, err := c.store.User(r.Context(), d.User)
 	if err != nil {
 		return deviceCaller{}, unauthorized("user of this device no longer exists")
@@ -124,7 +133,7 @@ func (c *Controller) authDevice(r *http.Request) (deviceCaller, error) {
 	if u.Disabled {
 		return deviceCaller{}, errf(http.StatusForbidden, api.CodeForbidden, "user %s is disabled; ask an admin", u.Name)
 	}
-	return deviceCaller{device: d, user: u, MFAAt: s.MFAAt}, nil
+	return deviceCaller{device: d, user: u, MFAAt: s.MFAAt, sessionEnd: s.ExpiresAt}, nil
 }
 
 func (c *Controller) gateway(fn func(http.ResponseWriter, *http.Request, gatewayCaller) error) handler {

@@ -35,6 +35,8 @@ type catalog struct {
 	prefixes   []appPrefix           // address apps, most specific first
 	domains    api.DeviceDomains     // GET /v1/device/domains
 	policy     *policy.Set
+	profiles   []api.PostureProfile // posture profiles, by name
+	checks     []api.PostureCheck   // every profile's checks, by name
 }
 
 type appPrefix struct {
@@ -42,8 +44,8 @@ type appPrefix struct {
 	app    string
 }
 
-func buildCatalog(apps []store.App, rules []api.PolicyRule) (*catalog, error) {
-	set, err := policy.Compile(rules)
+func buildCatalog(apps []store.App, rules []api.PolicyRule, profiles []api.PostureProfile) (*catalog, error) {
+	set, err := policy.Compile(rules, profiles...)
 	if err != nil {
 		return nil, fmt.Errorf("compile policy: %w", err)
 	}
@@ -54,6 +56,8 @@ func buildCatalog(apps []store.App, rules []api.PolicyRule) (*catalog, error) {
 		byWildcard: make(map[string]string),
 		byVIP:      make(map[netip.Addr]string),
 		policy:     set,
+		profiles:   profiles,
+		checks:     profileChecks(profiles),
 	}
 	for _, a := range apps {
 		c.apps[a.Name] = a
@@ -204,7 +208,11 @@ func (c *Controller) reloadCatalog(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load policy: %w", err)
 	}
-	cat, err := buildCatalog(apps, rules)
+	profiles, err := c.store.PostureProfiles(ctx)
+	if err != nil {
+		return fmt.Errorf("load posture profiles: %w", err)
+	}
+	cat, err := buildCatalog(apps, rules, profiles)
 	if err != nil {
 		return err
 	}

@@ -97,6 +97,13 @@ type Config struct {
 	// default: DATA/mfa.key, made on first start). Controllers sharing a
 	// database must share it.
 	MFAKey []byte
+	// PostureMaxAge is how old a device's posture report may be when it
+	// arrives, and how long the latest one stands in for requests that
+	// carry none (default DefaultPostureMaxAge).
+	PostureMaxAge time.Duration
+	// PostureInterval is how often clients collect their posture and
+	// report a change (default DefaultPostureInterval).
+	PostureInterval time.Duration
 	// OIDC, when set, enables single sign-on with an OpenID Connect
 	// provider (POST /v1/login/oidc/…).
 	OIDC *OIDCConfig
@@ -174,6 +181,12 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	if cfg.TimeCheckInterval <= 0 {
 		cfg.TimeCheckInterval = DefaultTimeCheckInterval
+	}
+	if cfg.PostureMaxAge <= 0 {
+		cfg.PostureMaxAge = DefaultPostureMaxAge
+	}
+	if cfg.PostureInterval <= 0 {
+		cfg.PostureInterval = DefaultPostureInterval
 	}
 	if cfg.Password == (auth.Params{}) {
 		cfg.Password = auth.DefaultParams
@@ -405,6 +418,10 @@ func (c *Controller) routes() http.Handler {
 	h("POST /v1/policies", c.admin(c.handlePolicyAdd))
 	h("DELETE /v1/policies/{id}", c.admin(c.handlePolicyDelete))
 	h("GET /v1/why", c.admin(c.handleWhy))
+	h("GET /v1/posture", c.admin(c.handlePostureList))
+	h("POST /v1/posture", c.admin(c.handlePostureAdd))
+	h("PUT /v1/posture/{name}", c.admin(c.handlePostureAdd))
+	h("DELETE /v1/posture/{name}", c.admin(c.handlePostureDelete))
 	h("GET /v1/devices", c.admin(c.handleDeviceList))
 	h("PATCH /v1/devices/{id}", c.admin(c.handleDeviceUpdate))
 	h("GET /v1/grants", c.admin(c.handleGrantList))
@@ -418,8 +435,11 @@ func (c *Controller) routes() http.Handler {
 	h("POST /v1/mfa/enrol", c.device(c.handleMFAEnrol))
 	h("POST /v1/mfa/confirm", c.device(c.handleMFAConfirm))
 	h("POST /v1/device/certificate", c.device(c.handleDeviceCert))
+	h("POST /v1/device/rotate", c.device(c.handleDeviceRotate))
 	h("GET /v1/device/domains", c.device(c.handleDeviceDomains))
 	h("GET /v1/device/events", c.device(c.handleDeviceEvents))
+	h("POST /v1/device/posture", c.device(c.handleDevicePosture))
+	h("GET /v1/device/posture/checks", c.device(c.handlePostureChecks))
 	h("POST /v1/grants", c.device(c.handleGrantRequest))
 	h("POST /v1/grants/{id}/renew", c.device(c.handleGrantRenew))
 	h("POST /v1/exports", c.device(c.handleExportRequest))

@@ -26,7 +26,7 @@ func (c *Controller) subject(r *http.Request, d deviceCaller) policy.Subject {
 	return policy.Subject{
 		User: d.user.Name, Groups: d.user.Groups,
 		Time: c.now(), Source: remoteIP(r), MFAAt: d.mfaAt(),
-		Device: d.device.ID, DeviceApproved: d.device.Approved,
+		Device: d.device.ID, DeviceApproved: d.device.Approved, Posture: d.posture,
 	}
 }
 

@@ -2,9 +2,11 @@ package controller
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/trust"
 )
 
 // FuzzDecodeRequest feeds arbitrary bodies to the decoder of every request
@@ -48,6 +50,32 @@ func FuzzDecodeRequest(f *testing.F) {
 			if !errors.As(err, &ae) || ae.status != 400 {
 				t.Fatalf("decode error is not a 400 apiError: %v", err)
 			}
+		}
+	})
+}
+
+// FuzzPostureReport: whatever a device signs and sends as its posture
+// report, verification and validation return an error or a report, and
+// never panic; a report they accept prints on one line.
+func FuzzPostureReport(f *testing.F) {
+	k, err := trust.NewKey()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte(`{"device_id":"dev_a","collected_at":"2026-11-23T10:00:00Z","os":"linux","disk_encryption":"yes","firewall":"no","screen_lock":"unknown","checks":[{"name":"edr","pass":"yes"}]}`))
+	f.Add([]byte(`{"details":{"a":"b"},"checks":[{"pass":"maybe"}]}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, report []byte) {
+		sp, err := trust.SignPostureReport(report, k)
+		if err != nil {
+			return
+		}
+		p, err := trust.VerifyPosture(sp, &k.PublicKey)
+		if err != nil {
+			return
+		}
+		if validPosture(&p) == nil && strings.ContainsAny(postureSummary(p), "\n\r") {
+			t.Fatalf("summary of an accepted report spans lines: %q", postureSummary(p))
 		}
 	})
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -155,6 +156,10 @@ type testDevice struct {
 	t   *testing.T
 	id  api.DeviceID
 	api *apiclient.Client
+	key *ecdsa.PrivateKey // the device key
+	// creds and session are what the device logged in with.
+	creds   *trust.Credentials
+	session string
 }
 
 // login enrols a new device for user.
@@ -196,14 +201,13 @@ func (e *testEnv) tryLogin(req api.LoginRequest) (*testDevice, api.LoginResponse
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := apiclient.New(apiclient.Config{
-		URL: e.url, Credentials: &trust.Credentials{Key: k, Cert: cert, CA: caCert}, Bearer: resp.Session,
-	})
+	creds = &trust.Credentials{Key: k, Cert: cert, CA: caCert}
+	c, err := apiclient.New(apiclient.Config{URL: e.url, Credentials: creds, Bearer: resp.Session})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.CloseIdle)
-	return &testDevice{t: t, id: resp.DeviceID, api: c}, resp, nil
+	return &testDevice{t: t, id: resp.DeviceID, api: c, key: k, creds: creds, session: resp.Session}, resp, nil
 }
 
 // grant asks for a grant for dest.

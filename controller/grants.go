@@ -33,6 +33,9 @@ func (c *Controller) handleGrantRequest(w http.ResponseWriter, r *http.Request, 
 	if req.Proto != "tcp" && req.Proto != "udp" {
 		return badRequest("proto %q: want tcp or udp", req.Proto)
 	}
+	if err := c.posture(r, &d, req.Posture); err != nil {
+		return err
+	}
 	cat := c.catalog.Load()
 	base := api.AuditEvent{
 		Actor: d.actor(), User: d.user.Name, DeviceID: d.device.ID, Source: remoteAddr(r),
@@ -100,7 +103,7 @@ func (c *Controller) issue(ctx context.Context, d deviceCaller, m match, targets
 	}
 	for _, g := range live {
 		if !g.Export && g.Name == m.name && c.hub.connected(g.GatewayID) {
-			return c.extend(ctx, g, dec, ev, cands)
+			return c.extend(ctx, g, dec, ev, cands, c.grantEnd(d, now))
 		}
 	}
 	gw, ok := c.hub.pick(app.GatewayGroup)
@@ -108,7 +111,7 @@ func (c *Controller) issue(ctx context.Context, d deviceCaller, m match, targets
 		return api.GrantResponse{}, errf(http.StatusServiceUnavailable, api.CodeUnavailable,
 			"no gateway of group %q is connected for app %s; start one (keyhole gateway) or try again shortly", app.GatewayGroup, app.Name)
 	}
-	g := newGrant(d, app, gw.ID, targets, dec, now, now.Add(c.cfg.GrantLifetime))
+	g := newGrant(d, app, gw.ID, targets, dec, now, c.grantEnd(d, now))
 	g.ClientIP, g.ClientWGKey, g.Name = d.device.OverlayIP, d.device.WGPublicKey, m.name
 	ev.Type, ev.Time, ev.GrantID, ev.GatewayID, ev.Rule, ev.Reason = "grant.allow", now, g.ID, gw.ID, dec.Rule, dec.Reason+nameNote(g.Name)
 	if err := c.store.CreateGrant(ctx, g, ev); err != nil {
@@ -122,11 +125,22 @@ func (c *Controller) issue(ctx context.Context, d deviceCaller, m match, targets
 	return c.grantResponse(g, gw), nil
 }
 
-// extend gives a live grant a new NotAfter and the facts of the decision
-// that allowed it, and pushes the update.
-func (c *Controller) extend(ctx context.Context, g store.Grant, dec verdict, ev api.AuditEvent, cands []api.Candidate) (api.GrantResponse, error) {
+// grantEnd is the NotAfter of a grant issued or renewed now for d: one
+// grant lifetime, and never past the end of d's session, so access ends
+// when the session does and the user must log in again.
+func (c *Controller) grantEnd(d deviceCaller, now time.Time) time.Time {
+	end := now.Add(c.cfg.GrantLifetime)
+	if !d.sessionEnd.IsZero() && d.sessionEnd.Before(end) {
+		end = d.sessionEnd
+	}
+	return end
+}
+
+// extend gives a live grant NotAfter notAfter and the facts of the
+// decision that allowed it, and pushes the update.
+func (c *Controller) extend(ctx context.Context, g store.Grant, dec verdict, ev api.AuditEvent, cands []api.Candidate, notAfter time.Time) (api.GrantResponse, error) {
 	now := c.now()
-	g.NotAfter, g.Facts = now.Add(c.cfg.GrantLifetime), dec.facts()
+	g.NotAfter, g.Facts = notAfter, dec.facts()
 	g.Rule = dec.Rule
 	ev.Type, ev.Time, ev.GrantID, ev.GatewayID, ev.Rule, ev.Reason = "grant.renew", now, g.ID, g.GatewayID, dec.Rule, dec.Reason+nameNote(g.Name)
 	if err := c.store.RenewGrant(ctx, g.ID, g.NotAfter, g.Facts, ev); err != nil {
@@ -232,6 +246,9 @@ func (c *Controller) handleGrantRenew(w http.ResponseWriter, r *http.Request, d 
 			return err
 		}
 	}
+	if err := c.posture(r, &d, req.Posture); err != nil {
+		return err
+	}
 	g, err := c.store.Grant(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && g.DeviceID != d.device.ID) {
 		return notFound("grant %s not found for this device", id)
@@ -266,7 +283,7 @@ func (c *Controller) handleGrantRenew(w http.ResponseWriter, r *http.Request, d 
 		_, _ = c.revoke(r.Context(), []api.GrantID{id}, "renewal denied: "+dec.Reason, d.actor())
 		return denied(dec.Decision)
 	}
-	resp, err := c.extend(r.Context(), g, dec, ev, req.Candidates)
+	resp, err := c.extend(r.Context(), g, dec, ev, req.Candidates, c.grantEnd(d, c.now()))
 	if err != nil {
 		return err
 	}
@@ -406,7 +423,7 @@ func (c *Controller) recheck(ctx context.Context, cat *catalog, why, actor strin
 		default:
 			dec, _ := c.decide(cat, policy.Subject{
 				User: u.Name, Groups: u.Groups, Time: now, Source: g.Facts.Source, MFAAt: g.Facts.MFAAt,
-				Device: dv.ID, DeviceApproved: dv.Approved,
+				Device: dv.ID, DeviceApproved: dv.Approved, Posture: dv.Posture,
 			}, name, false)
 			if !dec.Allow {
 				reason = "policy no longer allows it: " + dec.Reason

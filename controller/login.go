@@ -72,8 +72,13 @@ func checkLoginDevice(d *api.LoginDevice) error {
 // if set, as the reason) and answers with the LoginResponse.
 func (c *Controller) finishLogin(w http.ResponseWriter, r *http.Request, u store.User, req api.LoginDevice, proof loginProof) error {
 	now := c.now()
+	csr, err := trust.ParseCSR(req.CSR)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	// Only the key of this login's CSR is the device from now on.
+	pin := trust.KeyPin(csr.PublicKey)
 	var dev store.Device
-	var err error
 	if req.DeviceID != "" {
 		dev, err = c.store.Device(r.Context(), req.DeviceID)
 		if errors.Is(err, store.ErrNotFound) || (err == nil && dev.User != u.Name) {
@@ -86,7 +91,7 @@ func (c *Controller) finishLogin(w http.ResponseWriter, r *http.Request, u store
 			return errf(http.StatusForbidden, api.CodeForbidden, "device %s is disabled; ask an admin", dev.ID)
 		}
 		// Login rotates the device's WireGuard key.
-		dev.WGPublicKey, dev.Name, dev.LastSeen = req.WGPublicKey, req.DeviceName, now
+		dev.WGPublicKey, dev.Name, dev.LastSeen, dev.KeyPin = req.WGPublicKey, req.DeviceName, now, pin
 		if err := c.store.UpdateDevice(r.Context(), dev); err != nil {
 			return err
 		}
@@ -106,7 +111,7 @@ func (c *Controller) finishLogin(w http.ResponseWriter, r *http.Request, u store
 	} else {
 		dev, err = c.store.CreateDevice(r.Context(), store.Device{
 			ID: api.DeviceID(auth.NewID("dev")), User: u.Name, Name: req.DeviceName,
-			WGPublicKey: req.WGPublicKey, CreatedAt: now, LastSeen: now,
+			WGPublicKey: req.WGPublicKey, KeyPin: pin, CreatedAt: now, LastSeen: now,
 			Approved: !c.cfg.RequireDeviceApproval,
 		})
 		if err != nil {

@@ -101,7 +101,7 @@ func testCatalog(tb testing.TB) *catalog {
 			VirtualIPs: map[string]netip.Addr{"wiki.corp.internal": netip.MustParseAddr("100.96.0.2")}},
 		{ID: "app_db", Name: "db", Addresses: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}},
 	}
-	cat, err := buildCatalog(apps, nil)
+	cat, err := buildCatalog(apps, nil, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -60,6 +60,12 @@ type OIDCConfig struct {
 	// GroupsClaim names the claim with the user's groups (default
 	// "groups"). Groups that do not exist in Keyhole are ignored.
 	GroupsClaim string
+	// MFAMethods are the authentication methods (RFC 8176 "amr" values)
+	// that count as a second factor: an ID token whose amr holds one of
+	// them makes the session count as MFA at its auth_time (default
+	// DefaultOIDCMFAMethods). Without such a value the session has no MFA,
+	// and rules with mfa_within deny it.
+	MFAMethods []string
 	// LoginTimeout bounds a login from start to finish (default 10m; the
 	// IdP's device code expiry when shorter).
 	LoginTimeout time.Duration
@@ -89,6 +95,9 @@ func (cfg *OIDCConfig) setDefaults() error {
 	}
 	if cfg.LoginTimeout <= 0 {
 		cfg.LoginTimeout = DefaultOIDCLoginTimeout
+	}
+	if len(cfg.MFAMethods) == 0 {
+		cfg.MFAMethods = DefaultOIDCMFAMethods
 	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: 30 * time.Second}
@@ -143,6 +152,9 @@ type oidcIdentity struct {
 	issuer, subject string
 	user            string
 	groups          []string
+	// mfaAt is when the IdP checked a second factor (its amr names one of
+	// MFAMethods), at auth_time; zero for none.
+	mfaAt time.Time
 }
 
 func newOIDCRP(cfg OIDCConfig, log *slog.Logger, now func() time.Time) (*oidcRP, error) {
@@ -219,6 +231,7 @@ func (rp *oidcRP) verify(ctx context.Context, rawIDToken, nonce string) (oidcIde
 	if id.user == "" {
 		return oidcIdentity{}, fmt.Errorf("id token has no %q claim to name the user; check --oidc-user-claim and the scopes", rp.cfg.UserClaim)
 	}
+	id.mfaAt = mfaTime(claims, rp.cfg.MFAMethods, tok.IssuedAt, rp.now())
 	switch g := claims[rp.cfg.GroupsClaim].(type) {
 	case []any:
 		for _, v := range g {
@@ -232,6 +245,29 @@ func (rp *oidcRP) verify(ctx context.Context, rawIDToken, nonce string) (oidcIde
 		}
 	}
 	return id, nil
+}
+
+// DefaultOIDCMFAMethods are the RFC 8176 authentication methods that count
+// as a second factor: "mfa" itself, one-time codes, hardware and software
+// keys (passkeys), smart cards and biometrics.
+var DefaultOIDCMFAMethods = []string{"mfa", "otp", "hwk", "swk", "sc", "fpt", "face", "iris", "retina"}
+
+// mfaTime is when an ID token's login passed MFA: its auth_time (else its
+// iat), if its amr claim holds one of methods, and never after now; zero
+// otherwise.
+func mfaTime(claims map[string]any, methods []string, issuedAt, now time.Time) time.Time {
+	amr, _ := claims["amr"].([]any)
+	if !slices.ContainsFunc(amr, func(v any) bool { s, ok := v.(string); return ok && slices.Contains(methods, s) }) {
+		return time.Time{}
+	}
+	at := issuedAt
+	if f, ok := claims["auth_time"].(float64); ok && f > 0 && f < 1<<40 {
+		at = time.Unix(int64(f), 0)
+	}
+	if at.IsZero() || at.After(now) {
+		at = now // an IdP clock ahead of ours must not stretch MFA's age
+	}
+	return at.UTC()
 }
 
 // add records a pending login under a new handle.
@@ -572,5 +608,9 @@ func (c *Controller) oidcFinish(w http.ResponseWriter, r *http.Request, flow str
 			dev.DeviceID = ""
 		}
 	}
-	return c.finishLogin(w, r, u, dev, loginProof{how: fmt.Sprintf("oidc %s flow: issuer %s, subject %s, groups %v", flow, id.issuer, id.subject, u.Groups)})
+	how := fmt.Sprintf("oidc %s flow: issuer %s, subject %s, groups %v", flow, id.issuer, id.subject, u.Groups)
+	if !id.mfaAt.IsZero() {
+		how += ", MFA at the identity provider"
+	}
+	return c.finishLogin(w, r, u, dev, loginProof{how: how, mfaAt: id.mfaAt})
 }

@@ -142,15 +142,24 @@ func (e *oidcEnv) codeLogin(user string) (api.LoginResponse, *trust.Credentials,
 	return resp, creds, code, err
 }
 
-func TestOIDCCodeFlowLoginAndGroupPolicy(t *testing.T) {
-	e := newOIDCEnv(t)
+// setupWiki creates gateway group site with a gateway, group eng (no
+// users: they come from the IdP), app wiki and a rule allowing eng the
+// wiki under conds.
+func (e *oidcEnv) setupWiki(conds api.RuleConditions) {
+	e.t.Helper()
 	ctx := context.Background()
 	e.must(e.admin.AddGatewayGroup(ctx, "site"))
 	e.must(e.admin.AddGroup(ctx, "eng"))
 	tcp443 := []api.PortRange{{Proto: "tcp", First: 443, Last: 443}}
 	e.must(e.admin.AddApp(ctx, api.AppCreate{Name: "wiki", Domains: []string{"wiki.corp.internal"}, Ports: tcp443, GatewayGroup: "site"}))
-	e.must(e.admin.AddPolicy(ctx, api.PolicyRuleCreate{Action: api.Allow, Groups: []string{"eng"}, Apps: []string{"wiki"}}))
+	e.must(e.admin.AddPolicy(ctx, api.PolicyRuleCreate{Action: api.Allow, Groups: []string{"eng"}, Apps: []string{"wiki"}, RuleConditions: conds}))
 	e.addGateway("site")
+}
+
+func TestOIDCCodeFlowLoginAndGroupPolicy(t *testing.T) {
+	e := newOIDCEnv(t)
+	ctx := context.Background()
+	e.setupWiki(api.RuleConditions{})
 
 	resp, creds, code, err := e.codeLogin("alice")
 	if err != nil {
@@ -455,5 +464,58 @@ func TestOIDCPendingLoginsCappedPerSource(t *testing.T) {
 	}
 	if err := start(); !apiclient.IsCode(err, api.CodeRateLimited) {
 		t.Fatalf("login past the cap: %v, want %s", err, api.CodeRateLimited)
+	}
+}
+
+// TestOIDCMFAFromAMR: a login whose ID token says the IdP checked a second
+// factor (amr) counts as MFA at its auth_time, so rules with mfa_within
+// allow it; a password-only IdP login does not.
+func TestOIDCMFAFromAMR(t *testing.T) {
+	e := newOIDCEnv(t)
+	ctx := context.Background()
+	e.setupWiki(api.RuleConditions{MFAWithin: api.Duration(15 * time.Minute)})
+
+	resp, creds, _, err := e.codeLogin("alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.deviceFromLogin(creds, resp).grant("wiki.corp.internal"); !apiclient.IsCode(err, api.CodeDenied) {
+		t.Fatalf("password-only IdP login: %v; want denied (no MFA)", err)
+	}
+	e.op.SetAMR("alice", "pwd", "otp")
+	resp, creds, _, err = e.codeLogin("alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.deviceFromLogin(creds, resp).grant("wiki.corp.internal"); err != nil {
+		t.Fatalf("IdP login with otp: %v", err)
+	}
+	evs, err := e.admin.Audit(ctx, apiclient.AuditFilter{Type: "login", User: "alice", Limit: 1})
+	if err != nil || len(evs) != 1 || !strings.Contains(evs[0].Reason, "MFA at the identity provider") {
+		t.Errorf("login audit: %+v, %v", evs, err)
+	}
+}
+
+func TestMFATimeFromClaims(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	iat := now.Add(-time.Minute)
+	authTime := float64(now.Add(-10 * time.Minute).Unix())
+	tests := []struct {
+		name   string
+		claims map[string]any
+		want   time.Time
+	}{
+		{"no amr", map[string]any{"auth_time": authTime}, time.Time{}},
+		{"password only", map[string]any{"amr": []any{"pwd"}, "auth_time": authTime}, time.Time{}},
+		{"otp at auth_time", map[string]any{"amr": []any{"pwd", "otp"}, "auth_time": authTime}, now.Add(-10 * time.Minute)},
+		{"mfa without auth_time uses iat", map[string]any{"amr": []any{"mfa"}}, iat},
+		{"auth_time in the future is now", map[string]any{"amr": []any{"hwk"}, "auth_time": float64(now.Add(time.Hour).Unix())}, now},
+		{"amr not a list", map[string]any{"amr": "otp"}, time.Time{}},
+		{"amr with junk", map[string]any{"amr": []any{7, nil, "otp"}}, iat},
+	}
+	for _, tt := range tests {
+		if got := mfaTime(tt.claims, DefaultOIDCMFAMethods, iat, now); !got.Equal(tt.want) {
+			t.Errorf("%s: mfaTime = %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }

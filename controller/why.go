@@ -47,6 +47,9 @@ func (c *Controller) handleWhy(w http.ResponseWriter, r *http.Request, _ adminCa
 			refused = fmt.Sprintf("device %s is disabled; ask an admin", dv.ID)
 		}
 		sub.Device, sub.DeviceApproved, out.DeviceID = dv.ID, dv.Approved, dv.ID
+		// The device's latest report, as a renewal without one would be
+		// judged on it (within the maximum age, which why does not apply).
+		sub.Posture = dv.Posture
 	}
 	if s := q.Get("source"); s != "" {
 		ip, err := netip.ParseAddr(s)
@@ -110,6 +113,9 @@ func whyNotes(device, source, mfaAt string, rules []api.WhyRule, approvalRequire
 	}
 	if source == "" && uses(api.CondSourceCIDRs) {
 		notes = append(notes, "no source given: source conditions fail (give source=IP)")
+	}
+	if device == "" && uses(api.CondPosture) {
+		notes = append(notes, "no device given: no posture report, posture conditions fail (give device=ID)")
 	}
 	if mfaAt == "" && uses(api.CondMFAWithin) {
 		notes = append(notes, "no mfa_at given: taken as a session without MFA (give mfa_at=RFC3339)")

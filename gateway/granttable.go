@@ -80,15 +80,21 @@ func (t *GrantTable) Upsert(g api.GatewayGrant) []PeerChange {
 func (t *GrantTable) upsertLocked(g api.GatewayGrant) []PeerChange {
 	var changes []PeerChange
 	if e, ok := t.grants[g.ID]; ok {
-		if e.g.ClientWGKey.Equal(g.ClientWGKey) && e.g.ClientIP == g.ClientIP {
+		if e.g.ClientIP == g.ClientIP {
 			if len(g.ClientCandidates) == 0 {
 				g.ClientCandidates = e.g.ClientCandidates // a renewal does not repeat them
 			}
+			if !e.g.ClientWGKey.Equal(g.ClientWGKey) {
+				// The device rotated its WireGuard key: the grant moves to
+				// the new peer and keeps its connections (the overlay
+				// address, which they are bound to, stays).
+				changes = t.rekeyLocked(e.g.ClientWGKey, g.ClientWGKey, g.ClientIP)
+			}
 			e.g = g
-			return nil
+			return changes
 		}
-		// Identity of a grant never changes in practice; treat it as a
-		// replacement so peers stay consistent if it ever does.
+		// A grant's client address never changes in practice; treat it as
+		// a replacement so peers stay consistent if it ever does.
 		changes = t.removeLocked(g.ID, nil)
 	}
 	e := &grantEntry{g: g, conns: make(map[io.Closer]struct{})}
@@ -101,6 +107,27 @@ func (t *GrantTable) upsertLocked(g api.GatewayGrant) []PeerChange {
 		changes = append(changes, PeerChange{Add: true, Key: g.ClientWGKey, ClientIP: g.ClientIP})
 	}
 	p.refs++
+	return changes
+}
+
+// rekeyLocked moves one grant's reference from peer old to peer k (both
+// for ip), adding k and removing old as their counts say.
+func (t *GrantTable) rekeyLocked(old, k key.WGPublic, ip netip.Addr) []PeerChange {
+	var changes []PeerChange
+	p := t.peers[k]
+	if p == nil {
+		p = &peerRef{ip: ip}
+		t.peers[k] = p
+		changes = append(changes, PeerChange{Add: true, Key: k, ClientIP: ip})
+	}
+	p.refs++
+	if op := t.peers[old]; op != nil {
+		op.refs--
+		if op.refs <= 0 {
+			delete(t.peers, old)
+			changes = append(changes, PeerChange{Key: old, ClientIP: op.ip})
+		}
+	}
 	return changes
 }
 

@@ -140,3 +140,44 @@ func TestRemoveClosesConnectionsAndPeers(t *testing.T) {
 		t.Fatal("table not empty")
 	}
 }
+
+// TestRekeyKeepsConnections: a device that rotates its WireGuard key gets
+// its grants re-pushed with the new key; the grants move to the new peer
+// (the old one goes once no grant needs it) and keep their connections.
+func TestRekeyKeepsConnections(t *testing.T) {
+	clk := &fakeClock{}
+	clk.t.Store(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC).UnixNano())
+	tbl := NewGrantTable(clk.now)
+	ip := netip.MustParseAddr("100.64.0.1")
+	oldKey, newKey := mustKey(t), mustKey(t)
+	g1 := api.GatewayGrant{ID: "g1", ClientIP: ip, ClientWGKey: oldKey, App: "wiki", NotAfter: clk.now().Add(time.Minute)}
+	g2 := api.GatewayGrant{ID: "g2", ClientIP: ip, ClientWGKey: oldKey, App: "git", NotAfter: clk.now().Add(time.Minute)}
+	tbl.Upsert(g1)
+	tbl.Upsert(g2)
+	conn := &closer{}
+	if _, ok := tbl.Track("g1", conn); !ok {
+		t.Fatal("track failed")
+	}
+
+	g1.ClientWGKey = newKey
+	changes := tbl.Upsert(g1)
+	if len(changes) != 1 || !changes[0].Add || !changes[0].Key.Equal(newKey) {
+		t.Fatalf("first rekey changes = %+v; want only adding the new key (g2 still needs the old)", changes)
+	}
+	g2.ClientWGKey = newKey
+	changes = tbl.Upsert(g2)
+	if len(changes) != 1 || changes[0].Add || !changes[0].Key.Equal(oldKey) {
+		t.Fatalf("second rekey changes = %+v; want only removing the old key", changes)
+	}
+	if tbl.HasPeer(oldKey) || !tbl.HasPeer(newKey) || tbl.Peers() != 1 {
+		t.Errorf("peers after rekey: old %v new %v count %d", tbl.HasPeer(oldKey), tbl.HasPeer(newKey), tbl.Peers())
+	}
+	if conn.closed.Load() {
+		t.Error("rekey closed a connection")
+	}
+	// The connection is still the grant's: a revocation closes it.
+	tbl.Remove("g1")
+	if !conn.closed.Load() {
+		t.Error("revoking the rekeyed grant left its connection open")
+	}
+}

@@ -45,6 +45,7 @@ are read from that directory; elsewhere give --token and --ca-fingerprint
 		adminGatewayGroupCmd(o),
 		adminGatewayCmd(o),
 		adminPolicyCmd(o),
+		adminPostureCmd(o),
 		adminDeviceCmd(o),
 		adminWhyCmd(o),
 		adminGrantCmd(o),
@@ -633,7 +634,7 @@ func adminDeviceCmd(o *adminOpts) *cobra.Command {
 				return err
 			}
 			return o.print(orEmpty(ds), func(w io.Writer) {
-				fmt.Fprintln(w, "ID\tUSER\tNAME\tOVERLAY IP\tSTATUS\tAPPROVED\tLAST SEEN")
+				fmt.Fprintln(w, "ID\tUSER\tNAME\tOVERLAY IP\tSTATUS\tAPPROVED\tPOSTURE\tLAST SEEN")
 				for _, d := range ds {
 					st := "enabled"
 					if d.Disabled {
@@ -643,7 +644,7 @@ func adminDeviceCmd(o *adminOpts) *cobra.Command {
 					if !d.Approved {
 						approved = "no"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.User, d.Name, d.OverlayIP, st, approved, date(d.LastSeen))
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.User, d.Name, d.OverlayIP, st, approved, postureCell(d.Posture), date(d.LastSeen))
 				}
 			})
 		}),

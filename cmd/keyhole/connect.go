@@ -57,6 +57,9 @@ to reach CIDR apps, which have no name to look up).`,
 				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			cfg.Logger = c.log.With("role", "client")
+			if cfg.Posture, err = c.postureConfig(); err != nil {
+				return err
+			}
 			cl, err := client.New(cfg)
 			if err != nil {
 				return err
@@ -122,6 +125,10 @@ exit, and repaired by the next start after a crash.`,
 			}
 			socks := !cfg.TUN || cmd.Flags().Changed("socks5")
 			cfg.Logger = c.log.With("role", "client")
+			var err error
+			if cfg.Posture, err = c.postureConfig(); err != nil {
+				return err
+			}
 			cl, err := client.New(cfg)
 			if err != nil {
 				return err

@@ -18,6 +18,7 @@ type oidcControllerFlags struct {
 	issuer, clientID, secretFile string
 	scopes                       []string
 	userClaim, groupsClaim       string
+	mfaMethods                   []string
 }
 
 func (o *oidcControllerFlags) register(f *pflag.FlagSet) {
@@ -27,6 +28,7 @@ func (o *oidcControllerFlags) register(f *pflag.FlagSet) {
 	f.StringSliceVar(&o.scopes, "oidc-scopes", controller.DefaultOIDCScopes, "scopes to ask for (add the one that releases the groups claim, often groups)")
 	f.StringVar(&o.userClaim, "oidc-user-claim", controller.DefaultOIDCUserClaim, "claim that names a new user: preferred_username, email or sub")
 	f.StringVar(&o.groupsClaim, "oidc-groups-claim", controller.DefaultOIDCGroupsClaim, "claim with the user's groups (groups that exist in Keyhole are applied at each login)")
+	f.StringSliceVar(&o.mfaMethods, "oidc-mfa-methods", controller.DefaultOIDCMFAMethods, "amr values (RFC 8176) that make an IdP login count as MFA for mfa_within rules")
 }
 
 // config returns the OIDC configuration, nil without --oidc-issuer.
@@ -42,7 +44,7 @@ func (o *oidcControllerFlags) config() (*controller.OIDCConfig, error) {
 	}
 	cfg := &controller.OIDCConfig{
 		Issuer: o.issuer, ClientID: o.clientID, Scopes: o.scopes,
-		UserClaim: o.userClaim, GroupsClaim: o.groupsClaim,
+		UserClaim: o.userClaim, GroupsClaim: o.groupsClaim, MFAMethods: o.mfaMethods,
 	}
 	switch o.userClaim {
 	case "preferred_username", "email", "sub":

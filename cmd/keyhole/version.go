@@ -22,14 +22,20 @@ func (c *cli) versionCmd() *cobra.Command {
 	}
 }
 
+// moduleVersion is the version go build recorded for the main module: a
+// release tag, a pseudo-version for a checkout, or "(devel)".
+func moduleVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
 // versionString reports the module version and VCS revision the binary
 // was built from (go build records both), the protocol version and Go's.
 func versionString() string {
-	version, revision, dirty := "(devel)", "", false
+	version, revision, dirty := moduleVersion(), "", false
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		if bi.Main.Version != "" {
-			version = bi.Main.Version
-		}
 		for _, s := range bi.Settings {
 			switch s.Key {
 			case "vcs.revision":

@@ -24,6 +24,7 @@ type conditionFlags struct {
 	outside        bool
 	sources        []string
 	approvedDevice bool
+	posture        string
 }
 
 func (f *conditionFlags) register(fs *pflag.FlagSet) {
@@ -34,6 +35,7 @@ func (f *conditionFlags) register(fs *pflag.FlagSet) {
 	fs.BoolVar(&f.outside, "outside-hours", false, "the condition holds outside the --days/--hours window instead of inside")
 	fs.StringSliceVar(&f.sources, "source", nil, "the client's address must be inside this CIDR (repeatable; a bare IP is a /32)")
 	fs.BoolVar(&f.approvedDevice, "require-approved-device", false, "the device must be approved by an admin (keyhole admin device approve)")
+	fs.StringVar(&f.posture, "posture", "", "the device's posture must satisfy this posture profile (keyhole admin posture list)")
 }
 
 // conditions checks the flags and builds the rule's conditions; the
@@ -65,6 +67,7 @@ func (f *conditionFlags) conditions() (api.RuleConditions, error) {
 		return c, err
 	}
 	c.DeviceApproved = f.approvedDevice
+	c.Posture = f.posture
 	return c, nil
 }
 

@@ -25,10 +25,11 @@ const (
 	CondTimeWindow
 	CondSource
 	CondDeviceApproved
+	CondPosture
 )
 
 // condNames are the wire names, in bit order.
-var condNames = [...]string{api.CondMFAWithin, api.CondTimeWindow, api.CondSourceCIDRs, api.CondDeviceApproved}
+var condNames = [...]string{api.CondMFAWithin, api.CondTimeWindow, api.CondSourceCIDRs, api.CondDeviceApproved, api.CondPosture}
 
 // Names returns the wire names of the conditions in c (api.CondMFAWithin, …),
 // in check order; nil for none.
@@ -59,13 +60,18 @@ type conditions struct {
 	mfaWithin time.Duration
 	window    window
 	sources   []netip.Prefix
+	// profile is the posture profile the rule names; nil when no profile
+	// of that name exists, and then the condition never holds.
+	profile *api.PostureProfile
 	// spec is the rule's conditions as given, for explanations.
 	spec api.RuleConditions
 }
 
 // compileConditions validates c and compiles it; nil when c sets nothing.
-// zones caches time zones across the rules of one Compile.
-func compileConditions(c api.RuleConditions, zones map[string]*time.Location) (*conditions, error) {
+// zones caches time zones across the rules of one Compile; profiles are
+// the posture profiles by name (nil when validating a rule alone: the
+// caller checks the name exists).
+func compileConditions(c api.RuleConditions, zones map[string]*time.Location, profiles map[string]*api.PostureProfile) (*conditions, error) {
 	if c.IsZero() {
 		return nil, nil
 	}
@@ -108,6 +114,16 @@ func compileConditions(c api.RuleConditions, zones map[string]*time.Location) (*
 	if c.DeviceApproved {
 		cc.has |= CondDeviceApproved
 	}
+	if c.Posture != "" {
+		if !profileName.MatchString(c.Posture) {
+			return nil, fmt.Errorf("%s: %q is not a posture profile name", api.CondPosture, c.Posture)
+		}
+		cc.has |= CondPosture
+		// A missing profile compiles to a condition that never holds:
+		// the admin API refuses to remove a profile a rule names, so this
+		// only covers races, and they must fail closed.
+		cc.profile = profiles[c.Posture]
+	}
 	if c.TimeWindow != nil {
 		w := *c.TimeWindow
 		w.Days = append([]string(nil), w.Days...)
@@ -131,6 +147,9 @@ func (c *conditions) unmet(sub *Subject) CondSet {
 	}
 	if c.has&CondDeviceApproved != 0 && !sub.DeviceApproved {
 		f |= CondDeviceApproved
+	}
+	if c.has&CondPosture != 0 && (c.profile == nil || len(PostureFailures(*c.profile, sub.Posture)) > 0) {
+		f |= CondPosture
 	}
 	return f
 }
@@ -317,6 +336,11 @@ func (c *conditions) want(cond CondSet) string {
 		return "from " + joinPrefixes(c.sources)
 	case CondDeviceApproved:
 		return "an approved device"
+	case CondPosture:
+		if c.profile == nil {
+			return "posture " + c.spec.Posture + " (no such profile)"
+		}
+		return "posture " + c.spec.Posture + ": " + c.profile.String()
 	}
 	return ""
 }
@@ -350,6 +374,8 @@ func (c *conditions) got(cond CondSet, sub *Subject) string {
 			return "device " + string(sub.Device) + " is approved"
 		}
 		return "device " + string(sub.Device) + " is not approved"
+	case CondPosture:
+		return postureGot(c.profile, c.spec.Posture, sub.Posture)
 	}
 	return ""
 }
@@ -391,6 +417,11 @@ func (c *conditions) unmetReason(cond CondSet, sub *Subject) string {
 			return "this app needs an approved device, and the request names none"
 		}
 		return "this app needs an approved device; ask an admin to approve this one (keyhole admin device approve " + string(sub.Device) + ")"
+	case CondPosture:
+		if c.profile == nil {
+			return "this app needs posture profile " + c.spec.Posture + ", which does not exist; ask an admin"
+		}
+		return strings.Join(PostureFailures(*c.profile, sub.Posture), "; ")
 	}
 	return ""
 }

@@ -3,11 +3,11 @@
 // list of rules: the first matching rule decides, and no match means deny.
 //
 // A rule matches when its users or groups and its apps match and its
-// conditions (MFA age, time window, source address, approved device) all
-// hold. An allow rule whose conditions fail does not match and evaluation
-// goes on; if nothing else allows, the denial names the unmet conditions of
-// the allow rule closest to matching, so the person can act on them. A deny
-// rule denies only when its conditions hold.
+// conditions (MFA age, time window, source address, approved device,
+// posture profile) all hold. An allow rule whose conditions fail does not
+// match and evaluation goes on; if nothing else allows, the denial names
+// the unmet conditions of the allow rule closest to matching, so the person
+// can act on them. A deny rule denies only when its conditions hold.
 //
 // The package is pure logic: it does no I/O, reads no clock, keeps no state
 // beyond the compiled [Set], and knows nothing of gateways or the store; the
@@ -61,6 +61,10 @@ type Subject struct {
 	// whether an admin approved it.
 	Device         api.DeviceID
 	DeviceApproved bool
+	// Posture is the device's posture report the request is judged on;
+	// nil when there is none (or none fresh enough), and then every
+	// posture condition fails.
+	Posture *api.Posture
 }
 
 // Decision is the outcome of [Set.Evaluate].
@@ -116,14 +120,20 @@ type rule struct {
 // Compile validates rules and builds a Set that evaluates them in slice
 // order. The caller passes them sorted by Position; Compile rejects positions
 // that are not 1 or above and strictly increasing, because evaluating rules
-// out of order would silently change what the policy means.
-func Compile(rules []api.PolicyRule) (*Set, error) {
+// out of order would silently change what the policy means. profiles are
+// the posture profiles rules may name; a rule naming a missing one never
+// matches.
+func Compile(rules []api.PolicyRule, profiles ...api.PostureProfile) (*Set, error) {
 	s := &Set{
 		rules: make([]rule, 0, len(rules)),
 		byApp: make(map[string][]int32),
 	}
 	prev := 0
 	var zones map[string]*time.Location
+	byName := make(map[string]*api.PostureProfile, len(profiles))
+	for i := range profiles {
+		byName[profiles[i].Name] = &profiles[i]
+	}
 	for i, r := range rules {
 		err := validate(r.Action, r.Users, r.Groups, r.Apps, r.Description)
 		var conds *conditions
@@ -131,7 +141,7 @@ func Compile(rules []api.PolicyRule) (*Set, error) {
 			if zones == nil {
 				zones = make(map[string]*time.Location)
 			}
-			if conds, err = compileConditions(r.RuleConditions, zones); err != nil {
+			if conds, err = compileConditions(r.RuleConditions, zones, byName); err != nil {
 				err = fmt.Errorf("%w: %w", ErrInvalidRule, err)
 			}
 		}
@@ -345,7 +355,7 @@ func ValidateRule(r api.PolicyRuleCreate) error {
 	if err := validate(r.Action, r.Users, r.Groups, r.Apps, r.Description); err != nil {
 		return err
 	}
-	if _, err := compileConditions(r.RuleConditions, nil); err != nil {
+	if _, err := compileConditions(r.RuleConditions, nil, nil); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidRule, err)
 	}
 	return nil

@@ -222,8 +222,24 @@ type Store interface {
 	CreateDevice(ctx context.Context, d Device) (Device, error)
 	Device(ctx context.Context, id api.DeviceID) (Device, error)
 	Devices(ctx context.Context) ([]Device, error)
-	// UpdateDevice replaces Name, WGPublicKey, Disabled, Approved and LastSeen.
+	// UpdateDevice replaces Name, WGPublicKey, KeyPin, Disabled, Approved
+	// and LastSeen.
 	UpdateDevice(ctx context.Context, d Device) error
+	// SetDevicePosture stores p as the device's latest posture report,
+	// accepted at at (Device.Posture, Device.PostureAt). It fails with
+	// ErrConflict when the stored report was collected after p (an old
+	// report replayed over a newer one; the same CollectedAt is accepted
+	// again), and with ErrNotFound for an unknown device.
+	SetDevicePosture(ctx context.Context, id api.DeviceID, p api.Posture, at time.Time) error
+
+	// Posture profiles, ordered by name. CreatePostureProfile fails with
+	// ErrConflict for a name in use; UpdatePostureProfile replaces the
+	// profile of p.Name and DeletePostureProfile removes one, both with
+	// ErrNotFound when there is none.
+	PostureProfiles(ctx context.Context) ([]api.PostureProfile, error)
+	CreatePostureProfile(ctx context.Context, p api.PostureProfile) error
+	UpdatePostureProfile(ctx context.Context, p api.PostureProfile) error
+	DeletePostureProfile(ctx context.Context, name string) error
 
 	// MFA. CreateMFA stores a pending enrolment, replacing a pending one;
 	// it fails with ErrConflict when the user has a confirmed one and with
@@ -268,6 +284,10 @@ type Store interface {
 	// they are) and appends one audit event per grant revoked; it returns
 	// the grants it revoked.
 	RevokeGrants(ctx context.Context, ids []api.GrantID, reason string, now time.Time, ev api.AuditEvent) ([]Grant, error)
+	// RekeyGrants sets the client WireGuard key of the device's live grants
+	// (not revoked, NotAfter after now, not exports) to k, and returns them
+	// as updated: the device rotated its key.
+	RekeyGrants(ctx context.Context, device api.DeviceID, k key.WGPublic, now time.Time) ([]Grant, error)
 	// CreateExport stores an export grant (g.Export set: a grant whose
 	// client is a stock WireGuard client, not the device) and its audit
 	// event in one transaction. It gives the grant its own overlay address

@@ -35,6 +35,13 @@
 //     mfa_within, time_window, source_cidrs, device_approved),
 //     Error.Unmet, Device.Approved and DeviceUpdate.Approved, and
 //     GET /v1/why (Why).
+//   - device posture: GrantRequest.Posture and GrantRenewal.Posture
+//     (SignedPosture), POST /v1/device/posture, GET
+//     /v1/device/posture/checks (PostureChecks), posture profiles
+//     (PostureProfile: GET/POST /v1/posture, DELETE /v1/posture/{name}),
+//     RuleConditions.Posture, Device.Posture; the device event
+//     posture.changed.
+//   - key rotation: POST /v1/device/rotate (KeyRotation).
 package api
 
 import (
@@ -108,6 +115,11 @@ const (
 	CodeLimitReached = "limit_reached" // 409: a fixed cap was reached; an admin must make room
 	CodeMFARequired  = "mfa_required"  // 401: password right; the user has MFA, send LoginRequest.MFACode
 	CodeMFAInvalid   = "mfa_invalid"   // 401 (login), 400 (confirm): wrong, used or expired MFA code
+	// CodePostureRefused (403): the request's posture report was not
+	// accepted (bad signature, another device's, stale, older than the
+	// latest); the message says why. A client may collect a fresh report
+	// and retry once.
+	CodePostureRefused = "posture_refused"
 )
 
 // Health is the answer of GET /v1/health (no authentication).
@@ -270,6 +282,14 @@ type Device struct {
 	Approved  bool      `json:"approved"`
 	CreatedAt time.Time `json:"created_at"`
 	LastSeen  time.Time `json:"last_seen,omitzero"`
+	// KeyPin is the SHA-256 (hex) of the device's current public key:
+	// only certificates for that key are this device. Login and key
+	// rotation set it; empty accepts any certificate issued to the device.
+	KeyPin string `json:"key_pin,omitempty"`
+	// Posture is the device's latest accepted posture report (nil: none
+	// yet), and PostureAt when the controller accepted it.
+	Posture   *Posture  `json:"posture,omitempty"`
+	PostureAt time.Time `json:"posture_at,omitzero"`
 }
 
 // DeviceUpdate is the body of PATCH /v1/devices/{id}. Nil fields are unchanged.
@@ -414,6 +434,17 @@ type CertificateRenewal struct {
 	CSR string `json:"csr"`
 }
 
+// KeyRotation is the body of POST /v1/device/rotate (mTLS with the current
+// certificate, plus the session): the device replaces both of its keys. CSR
+// is for a new device key (the answer is a CertificateResponse for it) and
+// WGPublicKey is the device's new WireGuard key; the controller re-keys the
+// device's live grants on their gateways before it answers, so open
+// connections survive.
+type KeyRotation struct {
+	CSR         string       `json:"csr"`
+	WGPublicKey key.WGPublic `json:"wg_public_key"`
+}
+
 // CertificateResponse carries a freshly signed certificate.
 type CertificateResponse struct {
 	Certificate string `json:"certificate"`
@@ -434,6 +465,10 @@ type GrantRequest struct {
 	// Candidates are the client's addresses, for the gateway to punch
 	// towards (at most 8).
 	Candidates []Candidate `json:"candidates,omitempty"`
+	// Posture is the device's signed posture report. A request without
+	// one is judged as from a device whose posture is unknown: rules
+	// that require a posture profile do not match it.
+	Posture *SignedPosture `json:"posture,omitempty"`
 }
 
 // GrantRenewal is the optional body of POST /v1/grants/{id}/renew: a client
@@ -441,6 +476,9 @@ type GrantRequest struct {
 // gateway punches towards them before the renewal is answered.
 type GrantRenewal struct {
 	Candidates []Candidate `json:"candidates,omitempty"`
+	// Posture is the device's current signed posture report, as in
+	// GrantRequest: renewal re-runs the policy on it.
+	Posture *SignedPosture `json:"posture,omitempty"`
 }
 
 // GrantResponse answers an allowed grant or renewal: the WireGuard peer to
@@ -547,6 +585,9 @@ const (
 	// DeviceEventDomainsChanged says the DeviceDomains set changed to
 	// Version: fetch GET /v1/device/domains again.
 	DeviceEventDomainsChanged = "domains.changed"
+	// DeviceEventPostureChanged says the admin-defined posture checks
+	// changed: fetch GET /v1/device/posture/checks again and report.
+	DeviceEventPostureChanged = "posture.changed"
 	// DeviceEventPing is a keepalive, every 15 s by default.
 	DeviceEventPing = "ping"
 )

@@ -34,11 +34,14 @@ type RuleConditions struct {
 	SourceCIDRs []netip.Prefix `json:"source_cidrs,omitempty"`
 	// DeviceApproved: an admin approved the device (see Device.Approved).
 	DeviceApproved bool `json:"device_approved,omitempty"`
+	// Posture names a PostureProfile the device's signed posture report
+	// must satisfy; a request without a fresh report fails it.
+	Posture string `json:"posture,omitempty"`
 }
 
 // IsZero reports whether no condition is set.
 func (c RuleConditions) IsZero() bool {
-	return c.MFAWithin == 0 && c.TimeWindow == nil && len(c.SourceCIDRs) == 0 && !c.DeviceApproved
+	return c.MFAWithin == 0 && c.TimeWindow == nil && len(c.SourceCIDRs) == 0 && !c.DeviceApproved && c.Posture == ""
 }
 
 // String describes the conditions for people, e.g.
@@ -61,6 +64,9 @@ func (c RuleConditions) String() string {
 	}
 	if c.DeviceApproved {
 		parts = append(parts, "approved device")
+	}
+	if c.Posture != "" {
+		parts = append(parts, "posture "+c.Posture)
 	}
 	return strings.Join(parts, ", ")
 }

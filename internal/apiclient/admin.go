@@ -127,6 +127,29 @@ func (a *Admin) RemovePolicy(ctx context.Context, id api.RuleID) error {
 	return a.c.Do(ctx, "DELETE", "/v1/policies/"+url.PathEscape(string(id)), nil, nil)
 }
 
+// AddPostureProfile creates a posture profile.
+func (a *Admin) AddPostureProfile(ctx context.Context, p api.PostureProfile) (api.PostureProfile, error) {
+	var out api.PostureProfile
+	return out, a.c.Do(ctx, "POST", "/v1/posture", p, &out)
+}
+
+// UpdatePostureProfile replaces the posture profile of p.Name.
+func (a *Admin) UpdatePostureProfile(ctx context.Context, p api.PostureProfile) (api.PostureProfile, error) {
+	var out api.PostureProfile
+	return out, a.c.Do(ctx, "PUT", "/v1/posture/"+url.PathEscape(p.Name), p, &out)
+}
+
+// PostureProfiles lists the posture profiles by name.
+func (a *Admin) PostureProfiles(ctx context.Context) ([]api.PostureProfile, error) {
+	var out []api.PostureProfile
+	return out, a.c.Do(ctx, "GET", "/v1/posture", nil, &out)
+}
+
+// RemovePostureProfile deletes a posture profile no rule names.
+func (a *Admin) RemovePostureProfile(ctx context.Context, name string) error {
+	return a.c.Do(ctx, "DELETE", "/v1/posture/"+url.PathEscape(name), nil, nil)
+}
+
 // WhyQuery names the request GET /v1/why explains; zero fields are left
 // out (unknown to the evaluation).
 type WhyQuery struct {

@@ -42,6 +42,15 @@ type OP struct {
 // SetGroups sets the groups claim of user.
 func (o *OP) SetGroups(user string, groups ...string) { o.storage.setGroups(user, groups...) }
 
+// SetAMR sets the authentication methods (the amr claim) the OP reports
+// for user's code-flow logins, e.g. "pwd", "otp"; none: the example's
+// "pwd".
+func (o *OP) SetAMR(user string, amr ...string) {
+	o.storage.mu.Lock()
+	defer o.storage.mu.Unlock()
+	o.storage.amr[user] = amr
+}
+
 // opUsers is the OP's user directory; IDs equal user names because the
 // example device flow uses the user name as subject.
 type opUsers map[string]*storage.User
@@ -57,9 +66,32 @@ func (u opUsers) ExampleClientID() string { return "service" }
 type opStorage struct {
 	*storage.Storage
 	client opClient
-	mu     sync.Mutex // guards groups
+	mu     sync.Mutex // guards groups and amr
 	groups map[string][]string
+	amr    map[string][]string
 }
+
+// AuthRequestByCode answers with the user's amr when SetAMR set one.
+func (s *opStorage) AuthRequestByCode(ctx context.Context, code string) (op.AuthRequest, error) {
+	ar, err := s.Storage.AuthRequestByCode(ctx, code)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if amr, ok := s.amr[ar.GetSubject()]; ok {
+		return amrRequest{ar, amr}, nil
+	}
+	return ar, nil
+}
+
+// amrRequest is an auth request with other authentication methods.
+type amrRequest struct {
+	op.AuthRequest
+	amr []string
+}
+
+func (r amrRequest) GetAMR() []string { return r.amr }
 
 func (s *opStorage) GetClientByClientID(_ context.Context, id string) (op.Client, error) {
 	if id != s.client.id {
@@ -143,6 +175,7 @@ func NewOP(t testing.TB, clientID string) *OP {
 		Storage: storage.NewStorageWithClients(users, map[string]*storage.Client{clientID: storage.DeviceClient(clientID, ClientSecret)}),
 		client:  opClient{id: clientID},
 		groups:  map[string][]string{"alice": {"eng", "idp-only"}},
+		amr:     map[string][]string{},
 	}
 	l.Config.Handler = exampleop.SetupServer(issuer, st, nil, false)
 	l.Start()

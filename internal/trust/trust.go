@@ -258,6 +258,17 @@ func CAFromChain(cs tls.ConnectionState, fingerprint string) (*x509.Certificate,
 	return nil, ErrFingerprintMismatch
 }
 
+// KeyPin is the pin of a public key: the hex SHA-256 of its DER
+// SubjectPublicKeyInfo ("" when it cannot be encoded).
+func KeyPin(pub any) string {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
 // SameKey reports whether cert certifies the public half of k.
 func SameKey(cert *x509.Certificate, k *ecdsa.PrivateKey) bool {
 	pub, ok := cert.PublicKey.(*ecdsa.PublicKey)

@@ -69,6 +69,17 @@ func (d *wgDevice) readPort() (uint16, error) {
 	return 0, errors.New("read listen port: device reported none")
 }
 
+// SetPrivateKey replaces the device's private key (key rotation). Peers
+// stay; their sessions end and the next packet makes a new handshake with
+// the new key.
+func (d *wgDevice) SetPrivateKey(priv key.WGPrivate) error {
+	if err := d.dev.IpcSet(fmt.Sprintf("private_key=%s\n", priv.UAPIHex())); err != nil {
+		// Not wrapped: the error may quote the line, which holds the key.
+		return errors.New("wg: set private key failed")
+	}
+	return nil
+}
+
 // Port returns the bound UDP port.
 func (d *wgDevice) Port() uint16 { return d.port }
 

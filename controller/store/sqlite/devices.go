@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"time"
 
 	"github.com/keyhole-net/keyhole/controller/store"
 	"github.com/keyhole-net/keyhole/internal/api"
@@ -27,9 +28,9 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device,
 		}
 		d.OverlayIP = ip
 		_, err = tx.ExecContext(ctx, `
-			INSERT INTO devices (id, user_name, name, overlay_ip, wg_key, disabled, approved, created_at, last_seen)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			string(d.ID), d.User, d.Name, ip.String(), dbKey(d.WGPublicKey), boolInt(d.Disabled), boolInt(d.Approved), dbTime(d.CreatedAt), dbTime(d.LastSeen))
+			INSERT INTO devices (id, user_name, name, overlay_ip, wg_key, key_pin, disabled, approved, created_at, last_seen)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			string(d.ID), d.User, d.Name, ip.String(), dbKey(d.WGPublicKey), d.KeyPin, boolInt(d.Disabled), boolInt(d.Approved), dbTime(d.CreatedAt), dbTime(d.LastSeen))
 		if isConstraint(err, sqliteFK) {
 			return fmt.Errorf("user %q: %w", d.User, store.ErrNotFound)
 		}
@@ -41,19 +42,25 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device) (store.Device,
 	return d, nil
 }
 
-const deviceColumns = `id, user_name, name, overlay_ip, wg_key, disabled, approved, created_at, last_seen`
+const deviceColumns = `id, user_name, name, overlay_ip, wg_key, key_pin, disabled, approved, created_at, last_seen, posture, posture_at`
 
 func scanDevice(sc scanner) (store.Device, error) {
 	var d store.Device
-	var id, ip, wgKey string
+	var id, ip, wgKey, posture string
 	var disabled, approved int
-	var created, seen sql.NullInt64
-	if err := sc.Scan(&id, &d.User, &d.Name, &ip, &wgKey, &disabled, &approved, &created, &seen); err != nil {
+	var created, seen, postureAt sql.NullInt64
+	if err := sc.Scan(&id, &d.User, &d.Name, &ip, &wgKey, &d.KeyPin, &disabled, &approved, &created, &seen, &posture, &postureAt); err != nil {
 		return store.Device{}, dbErr(err)
 	}
 	d.ID, d.Disabled, d.Approved = api.DeviceID(id), disabled != 0, approved != 0
-	d.CreatedAt, d.LastSeen = goTime(created), goTime(seen)
+	d.CreatedAt, d.LastSeen, d.PostureAt = goTime(created), goTime(seen), goTime(postureAt)
 	var err error
+	if posture != "" {
+		d.Posture = new(api.Posture)
+		if err := goJSON(posture, d.Posture); err != nil {
+			return store.Device{}, fmt.Errorf("device %s: posture: %w", id, err)
+		}
+	}
 	if d.OverlayIP, err = goAddr(ip); err != nil {
 		return store.Device{}, fmt.Errorf("device %s: %w", id, err)
 	}
@@ -96,11 +103,35 @@ func (s *Store) Devices(ctx context.Context) ([]store.Device, error) {
 // UpdateDevice implements store.Store.
 func (s *Store) UpdateDevice(ctx context.Context, d store.Device) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		return mustAffect(tx.ExecContext(ctx, `UPDATE devices SET name = ?, wg_key = ?, disabled = ?, approved = ?, last_seen = ? WHERE id = ?`,
-			d.Name, dbKey(d.WGPublicKey), boolInt(d.Disabled), boolInt(d.Approved), dbTime(d.LastSeen), string(d.ID)))
+		return mustAffect(tx.ExecContext(ctx, `UPDATE devices SET name = ?, wg_key = ?, key_pin = ?, disabled = ?, approved = ?, last_seen = ? WHERE id = ?`,
+			d.Name, dbKey(d.WGPublicKey), d.KeyPin, boolInt(d.Disabled), boolInt(d.Approved), dbTime(d.LastSeen), string(d.ID)))
 	})
 	if err != nil {
 		return fmt.Errorf("update device %s: %w", d.ID, err)
+	}
+	return nil
+}
+
+// SetDevicePosture implements store.Store.
+func (s *Store) SetDevicePosture(ctx context.Context, id api.DeviceID, p api.Posture, at time.Time) error {
+	body, err := dbJSON(p)
+	if err != nil {
+		return fmt.Errorf("set posture of device %s: %w", id, err)
+	}
+	err = s.write(ctx, func(tx *sql.Tx) error {
+		var prev sql.NullInt64
+		if err := tx.QueryRowContext(ctx, `SELECT posture_collected_at FROM devices WHERE id = ?`, string(id)).Scan(&prev); err != nil {
+			return dbErr(err)
+		}
+		if prev.Valid && prev.Int64 > p.CollectedAt.UnixNano() {
+			return fmt.Errorf("report collected at %s is older than the stored one of %s: %w",
+				p.CollectedAt.UTC().Format(time.RFC3339Nano), goTime(prev).Format(time.RFC3339Nano), store.ErrConflict)
+		}
+		return mustAffect(tx.ExecContext(ctx, `UPDATE devices SET posture = ?, posture_at = ?, posture_collected_at = ? WHERE id = ?`,
+			body, dbTime(at), p.CollectedAt.UnixNano(), string(id)))
+	})
+	if err != nil {
+		return fmt.Errorf("set posture of device %s: %w", id, err)
 	}
 	return nil
 }

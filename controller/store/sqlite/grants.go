@@ -11,6 +11,7 @@ import (
 
 	"github.com/keyhole-net/keyhole/controller/store"
 	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/key"
 )
 
 const insertGrantSQL = `
@@ -362,4 +363,36 @@ func (s *Store) RevokeGrants(ctx context.Context, ids []api.GrantID, reason stri
 		return nil, fmt.Errorf("revoke %d grants: %w", len(ids), err)
 	}
 	return revoked, nil
+}
+
+// RekeyGrants implements store.Store.
+func (s *Store) RekeyGrants(ctx context.Context, device api.DeviceID, k key.WGPublic, now time.Time) ([]store.Grant, error) {
+	var out []store.Grant
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `
+			UPDATE grants SET client_wg_key = ?
+			WHERE device_id = ? AND export = 0 AND revoked_at IS NULL AND not_after > ?`,
+			dbKey(k), string(device), now.UnixNano()); err != nil {
+			return dbErr(err)
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT `+grantColumns+` FROM grants
+			WHERE device_id = ? AND export = 0 AND revoked_at IS NULL AND not_after > ? ORDER BY created_at, id`,
+			string(device), now.UnixNano())
+		if err != nil {
+			return dbErr(err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			g, err := scanGrant(rows)
+			if err != nil {
+				return err
+			}
+			out = append(out, g)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rekey grants of device %s: %w", device, err)
+	}
+	return out, nil
 }

@@ -61,6 +61,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"PolicyConditions", testPolicyConditions},
 		{"Devices", testDevices},
 		{"DeviceApproval", testDeviceApproval},
+		{"DevicePosture", testDevicePosture},
+		{"PostureProfiles", testPostureProfiles},
 		{"Sessions", testSessions},
 		{"SessionMFAAt", testSessionMFAAt},
 		{"MFA", testMFA},
@@ -70,6 +72,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"RenewGrant", testRenewGrant},
 		{"GrantFacts", testGrantFacts},
 		{"RevokeGrants", testRevokeGrants},
+		{"RekeyGrants", testRekeyGrants},
 		{"CreateExport", testCreateExport},
 		{"Audit", testAudit},
 		{"Flows", testFlows},
@@ -378,7 +381,7 @@ func testApps(t *testing.T, s store.Store) {
 	}
 	db := mustApp(t, s, store.App{
 		Name:         "db",
-		Addresses:    []netip.Prefix{netip.MustParsePrefix("10.20.0.0/24"), netip.MustParsePrefix("10.20.1.5/32")},
+		Addresses:    []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("10.20.1.5/32")},
 		Ports:        ports(t, "tcp/5432"),
 		GatewayGroup: "site-a",
 	})
@@ -764,7 +767,7 @@ func grantFixture(t *testing.T, id api.GrantID, dev store.Device, gw api.Gateway
 			ID: id, DeviceID: dev.ID, User: dev.User, App: "wiki", GatewayID: gw, ClientIP: dev.OverlayIP,
 			Targets: []api.GrantTarget{
 				{Prefix: netip.MustParsePrefix("100.96.0.1/32"), Host: "wiki.corp.internal"},
-				{Prefix: netip.MustParsePrefix("10.20.0.0/24")},
+				{Prefix: netip.MustParsePrefix("198.51.100.0/24")},
 			},
 			Ports:     ports(t, "tcp/443,udp/53"),
 			Rule:      "rule_1",

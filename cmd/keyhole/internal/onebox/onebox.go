@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/keyhole-net/keyhole/client"
+	"github.com/keyhole-net/keyhole/client/posture"
 	"github.com/keyhole-net/keyhole/controller"
 	"github.com/keyhole-net/keyhole/controller/auth"
 	"github.com/keyhole-net/keyhole/gateway"
@@ -40,6 +41,9 @@ type Config struct {
 	// Now is the controller's clock (nil: time.Now); tests move it to
 	// step TOTP codes and lockouts without sleeping.
 	Now func() time.Time
+	// PostureInterval overrides how often clients collect their posture
+	// (the controller default, 1m).
+	PostureInterval time.Duration
 }
 
 // Box is a running system. Close stops everything it started.
@@ -82,10 +86,11 @@ func Start(ctx context.Context, cfg Config) (*Box, error) {
 		Names:   []string{"localhost", "127.0.0.1"},
 		// Any free port: on one machine nobody needs the relay at the
 		// well-known 3478, and tests run several boxes at once.
-		RelayListen:   "127.0.0.1:0",
-		GrantLifetime: cfg.GrantLifetime,
-		Logger:        cfg.Logger.With("role", "controller"),
-		Now:           cfg.Now,
+		RelayListen:     "127.0.0.1:0",
+		GrantLifetime:   cfg.GrantLifetime,
+		PostureInterval: cfg.PostureInterval,
+		Logger:          cfg.Logger.With("role", "controller"),
+		Now:             cfg.Now,
 	}
 	if cfg.FastPasswords {
 		ccfg.Password = auth.Params{MemoryKiB: 64, Iterations: 1, Parallelism: 1}
@@ -226,6 +231,8 @@ type ClientOptions struct {
 	// Dir re-uses a logged-in data directory without logging in again.
 	Dir     string
 	NoRenew bool
+	// Posture configures the client's posture collection.
+	Posture posture.Config
 }
 
 // Login logs a user in (unless opts.Dir holds a login) and starts a client.
@@ -243,7 +250,7 @@ func (b *Box) Login(ctx context.Context, opts ClientOptions) (*Client, error) {
 			return nil, err
 		}
 	}
-	c, err := client.New(client.Config{DataDir: dir, NoRenew: opts.NoRenew, Logger: b.cfg.Logger.With("role", "client", "user", opts.User)})
+	c, err := client.New(client.Config{DataDir: dir, NoRenew: opts.NoRenew, Posture: opts.Posture, Logger: b.cfg.Logger.With("role", "client", "user", opts.User)})
 	if err != nil {
 		return nil, err
 	}

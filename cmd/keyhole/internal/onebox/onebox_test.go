@@ -53,7 +53,8 @@ func (s *syncBuffer) String() string {
 const password = "correct horse battery"
 
 type fixtureOpts struct {
-	lifetime time.Duration
+	lifetime        time.Duration
+	postureInterval time.Duration
 }
 
 func newFixture(t *testing.T, o fixtureOpts) *fixture {
@@ -65,7 +66,7 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 		w = io.MultiWriter(f.logBuf, os.Stderr)
 	}
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	box, err := Start(ctx, Config{Dir: t.TempDir(), Logger: log, FastPasswords: true, GrantLifetime: o.lifetime})
+	box, err := Start(ctx, Config{Dir: t.TempDir(), Logger: log, FastPasswords: true, GrantLifetime: o.lifetime, PostureInterval: o.postureInterval})
 	if err != nil {
 		t.Fatal(err)
 	}
