@@ -15,8 +15,10 @@ import (
 
 func TestCommandCheck(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "grandchild.pid")
+	// Long enough that the commands meant to finish do so on a loaded
+	// machine under -race; "sleeps" and "forks" wait it out.
 	c := newCollector(Config{
-		CommandTimeout: 300 * time.Millisecond,
+		CommandTimeout: 2 * time.Second,
 		Commands: map[string][]string{
 			"true":      {"true"},
 			"false":     {"false"},
@@ -41,8 +43,8 @@ func TestCommandCheck(t *testing.T) {
 		{"false", api.No, "exit status 1"},
 		{"says why", api.No, "exit status 3: edr agent is stopped"},
 		{"chatty", api.Yes, "exit status 0: y"},
-		{"sleeps", api.Unknown, "timed out after 300ms"},
-		{"forks", api.Unknown, "timed out after 300ms"},
+		{"sleeps", api.Unknown, "timed out after 2s"},
+		{"forks", api.Unknown, "timed out after 2s"},
 		{"missing", api.Unknown, "cannot run: "},
 		{"empty", api.Unknown, "cannot run: empty command"},
 		{"no shell", api.Yes, "exit status 0: $HOME | false"},
