@@ -1,5 +1,5 @@
 // Package store is the controller's persistent state behind one interface,
-// Store. Implementations live in subpackages (sqlite/ now, postgres/ later)
+// Store. Implementations live in subpackages (sqlite/ and postgres/)
 // and must pass the same conformance suite (storetest). The database is the
 // source of truth: users, groups, apps, gateways, policy, devices, sessions,
 // grants, audit events and flow records.
@@ -13,10 +13,12 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"time"
 
+	"github.com/keyhole-net/keyhole/controller/ipam"
 	"github.com/keyhole-net/keyhole/internal/api"
 	"github.com/keyhole-net/keyhole/internal/key"
 )
@@ -41,6 +43,26 @@ type Pools struct {
 	Devices  netip.Prefix // e.g. 100.64.0.0/11
 	Apps     netip.Prefix // e.g. 100.96.0.0/12
 	Gateways netip.Prefix // e.g. 100.112.0.0/12
+}
+
+// Validate checks that every pool is one ipam can allocate from and that
+// no two overlap; every store checks its pools with it when it opens.
+func (p Pools) Validate() error {
+	named := []struct {
+		name string
+		pool netip.Prefix
+	}{{"devices", p.Devices}, {"apps", p.Apps}, {"gateways", p.Gateways}}
+	for i, a := range named {
+		if err := ipam.Validate(a.pool); err != nil {
+			return fmt.Errorf("%s pool: %w", a.name, err)
+		}
+		for _, b := range named[:i] {
+			if a.pool.Overlaps(b.pool) {
+				return fmt.Errorf("%s pool %v overlaps %s pool %v", a.name, a.pool, b.name, b.pool)
+			}
+		}
+	}
+	return nil
 }
 
 // User is a user row. Groups are names.
@@ -206,6 +228,9 @@ type Store interface {
 	Gateways(ctx context.Context) ([]Gateway, error)
 	// UpdateGatewayStatus sets the WireGuard key, endpoints and last-seen time.
 	UpdateGatewayStatus(ctx context.Context, id api.GatewayID, wg key.WGPublic, endpoints []netip.AddrPort, seen time.Time) error
+	// SetGatewayDraining sets whether a gateway is draining (no new
+	// grants); ErrNotFound for an unknown gateway.
+	SetGatewayDraining(ctx context.Context, id api.GatewayID, draining bool) error
 
 	// Admin tokens.
 	CreateAdminToken(ctx context.Context, t AdminToken) error

@@ -42,6 +42,10 @@
 //     RuleConditions.Posture, Device.Posture; the device event
 //     posture.changed.
 //   - key rotation: POST /v1/device/rotate (KeyRotation).
+//   - gateway groups with failover: Gateway.Draining, PATCH
+//     /v1/gateways/{id} (GatewayUpdate); the device event grant.moved
+//     (DeviceEvent.NewGrantID); a renewal may answer with a different
+//     grant (GrantResponse.Grant.ID) through another gateway.
 package api
 
 import (
@@ -234,8 +238,18 @@ type Gateway struct {
 	Candidates []Candidate  `json:"candidates,omitempty"`
 	Peers      []PeerReport `json:"peers,omitempty"`
 	Connected  bool         `json:"connected"`
-	LastSeen   time.Time    `json:"last_seen,omitzero"`
-	CreatedAt  time.Time    `json:"created_at"`
+	// Draining says an admin is taking the gateway out of service: it
+	// gets no new grants, its grants keep working until they end, and
+	// their renewals move to another gateway of the group.
+	Draining  bool      `json:"draining"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// GatewayUpdate is the body of PATCH /v1/gateways/{id}; absent fields
+// stay as they are.
+type GatewayUpdate struct {
+	Draining *bool `json:"draining,omitempty"`
 }
 
 // PolicyRule is one ordered rule; the first matching rule decides, and no
@@ -590,6 +604,12 @@ const (
 	DeviceEventPostureChanged = "posture.changed"
 	// DeviceEventPing is a keepalive, every 15 s by default.
 	DeviceEventPing = "ping"
+	// DeviceEventGrantMoved says grant GrantID's gateway is gone and the
+	// controller re-issued it through another gateway of the app's group
+	// as NewGrantID (same app, targets and NotAfter): renew NewGrantID
+	// (POST /v1/grants/{id}/renew) for its peer, install it and drop
+	// GrantID. A grant.revoked for GrantID follows.
+	DeviceEventGrantMoved = "grant.moved"
 )
 
 // DeviceEvent is one newline-delimited JSON event on a device's event
@@ -599,8 +619,10 @@ const (
 type DeviceEvent struct {
 	Type    string  `json:"type"`
 	GrantID GrantID `json:"grant_id,omitempty"`
-	Reason  string  `json:"reason,omitempty"`
-	Version string  `json:"version,omitempty"`
+	// NewGrantID is the grant that replaces GrantID (grant.moved).
+	NewGrantID GrantID `json:"new_grant_id,omitempty"`
+	Reason     string  `json:"reason,omitempty"`
+	Version    string  `json:"version,omitempty"`
 	// Time is the controller's clock when it sent the event.
 	Time time.Time `json:"time,omitzero"`
 }

@@ -131,13 +131,13 @@ func (s *Store) CreateGateway(ctx context.Context, g store.Gateway) (store.Gatew
 	return g, nil
 }
 
-const gatewayColumns = `id, name, group_name, wg_key, overlay_ip, endpoints, last_seen, created_at`
+const gatewayColumns = `id, name, group_name, wg_key, overlay_ip, endpoints, last_seen, created_at, draining`
 
 func scanGateway(sc scanner) (store.Gateway, error) {
 	var g store.Gateway
 	var id, wgKey, ip, endpoints string
 	var seen, created sql.NullInt64
-	if err := sc.Scan(&id, &g.Name, &g.Group, &wgKey, &ip, &endpoints, &seen, &created); err != nil {
+	if err := sc.Scan(&id, &g.Name, &g.Group, &wgKey, &ip, &endpoints, &seen, &created, &g.Draining); err != nil {
 		return store.Gateway{}, dbErr(err)
 	}
 	g.ID = api.GatewayID(id)
@@ -197,6 +197,17 @@ func (s *Store) UpdateGatewayStatus(ctx context.Context, id api.GatewayID, wg ke
 	})
 	if err != nil {
 		return fmt.Errorf("update gateway %s: %w", id, err)
+	}
+	return nil
+}
+
+// SetGatewayDraining implements store.Store.
+func (s *Store) SetGatewayDraining(ctx context.Context, id api.GatewayID, draining bool) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		return mustAffect(tx.ExecContext(ctx, `UPDATE gateways SET draining = ? WHERE id = ?`, draining, string(id)))
+	})
+	if err != nil {
+		return fmt.Errorf("set gateway %s draining: %w", id, err)
 	}
 	return nil
 }

@@ -33,7 +33,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -44,7 +43,6 @@ import (
 	msqlite "modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
-	"github.com/keyhole-net/keyhole/controller/ipam"
 	"github.com/keyhole-net/keyhole/controller/store"
 )
 
@@ -85,7 +83,7 @@ const busyTimeout = 10 * time.Second
 // Open opens (creating if needed) and migrates the database at cfg.Path.
 // It refuses a database whose schema is newer than this code knows.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
-	if err := validatePools(cfg.Pools); err != nil {
+	if err := cfg.Pools.Validate(); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	if cfg.Path == "" {
@@ -221,24 +219,6 @@ func dsn(path string, readOnly bool) string {
 		q.Set("_txlock", "immediate")
 	}
 	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
-}
-
-func validatePools(p store.Pools) error {
-	named := []struct {
-		name string
-		pool netip.Prefix
-	}{{"devices", p.Devices}, {"apps", p.Apps}, {"gateways", p.Gateways}}
-	for i, a := range named {
-		if err := ipam.Validate(a.pool); err != nil {
-			return fmt.Errorf("%s pool: %w", a.name, err)
-		}
-		for _, b := range named[:i] {
-			if a.pool.Overlaps(b.pool) {
-				return fmt.Errorf("%s pool %v overlaps %s pool %v", a.name, a.pool, b.name, b.pool)
-			}
-		}
-	}
-	return nil
 }
 
 // --- transactions and errors -------------------------------------------------

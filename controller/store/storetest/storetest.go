@@ -1,5 +1,5 @@
 // Package storetest is the conformance suite for store.Store: every
-// implementation (sqlite now, postgres later) runs it from its own tests and
+// implementation (sqlite and postgres) runs it from its own tests and
 // must pass it unchanged. It pins down what store.go leaves to prose —
 // sentinel errors, ordering, renumbering, address allocation, atomicity — so
 // callers can rely on one behaviour whichever database is behind the store.
@@ -55,6 +55,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"GatewayGroups", testGatewayGroups},
 		{"EnrolTokens", testEnrolTokens},
 		{"Gateways", testGateways},
+		{"GatewayDraining", testGatewayDraining},
 		{"AdminTokens", testAdminTokens},
 		{"PolicyInsert", testPolicyInsert},
 		{"PolicyDelete", testPolicyDelete},
