@@ -44,7 +44,9 @@ func (g *Gateway) controlLoop(ctx context.Context) {
 		}
 		// Full jitter keeps a fleet of gateways from reconnecting in step.
 		wait := backoff/2 + rand.N(backoff/2+1)
-		g.log.Warn("control stream down; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond))
+		// Any controller of a cluster serves the gateway: try the next.
+		url := g.api.Failover()
+		g.log.Warn("control stream down; reconnecting", "err", err, "controller", url, "retry_in", wait.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
 			return
@@ -242,6 +244,12 @@ func (g *Gateway) applyPeers(changes []PeerChange) error {
 		g.mu.Lock()
 		delete(g.peerRemovals, ch.Key)
 		g.mu.Unlock()
+		if g.lazy != nil {
+			if err := g.lazy.update(ch.Key, ch.ClientIP); err != nil {
+				return fmt.Errorf("update peer: %w", err)
+			}
+			continue
+		}
 		err := g.net.UpsertPeer(wg.Peer{
 			PublicKey:  ch.Key,
 			AllowedIPs: []netip.Prefix{netip.PrefixFrom(ch.ClientIP, ch.ClientIP.BitLen())},
@@ -250,7 +258,9 @@ func (g *Gateway) applyPeers(changes []PeerChange) error {
 			return fmt.Errorf("add peer: %w", err)
 		}
 	}
-	g.metrics.peers.Set(float64(g.table.Peers()))
+	if g.lazy == nil {
+		g.metrics.peers.Set(float64(g.table.Peers()))
+	}
 	return nil
 }
 
@@ -268,6 +278,10 @@ func (g *Gateway) reapPeers() {
 	}
 	g.mu.Unlock()
 	for _, k := range due {
+		if g.lazy != nil {
+			g.reapLazyPeer(k)
+			continue
+		}
 		if g.table.HasPeer(k) {
 			continue
 		}

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -33,10 +34,16 @@ import (
 // CAFingerprint are needed only for the first (enrolling) start.
 type Config struct {
 	ControllerURL string
-	Token         string // one-time enrolment token
-	CAFingerprint string
-	DataDir       string
-	Name          string
+	// ControllerURLs lists the controllers of a cluster (sharing one CA and
+	// database). The gateway holds its control stream to one of them and,
+	// when that stream drops, reconnects to the next with backoff and
+	// jitter. ControllerURL, if set, comes first; later starts remember
+	// the list.
+	ControllerURLs []string
+	Token          string // one-time enrolment token
+	CAFingerprint  string
+	DataDir        string
+	Name           string
 	// ListenPort is the WireGuard UDP port; 0 keeps the port chosen on the
 	// first start (so clients' endpoints stay valid across restarts).
 	ListenPort uint16
@@ -58,6 +65,17 @@ type Config struct {
 	// Hosts are static name → address overrides for the site, consulted
 	// before DNS (like /etc/hosts, but for this gateway only).
 	Hosts map[string]netip.Addr
+	// EagerPeers configures every granted client's WireGuard peer as soon
+	// as its grant arrives. By default peers are lazy: added on the
+	// client's first handshake initiation and removed after PeerIdle
+	// (docs/gateway.md), which saves ~30 KiB per idle client.
+	EagerPeers bool
+	// PeerIdle is how long a lazily added peer stays with no handshake,
+	// no traffic and no open connection (default DefaultPeerIdle, 3.5
+	// min). Shorter than WireGuard's session lifetime (180 s), a client
+	// still online loses its session without knowing and stalls until it
+	// re-handshakes (up to 15 s): only tests should go below it.
+	PeerIdle time.Duration
 	// Dialer dials apps; nil uses net.Dialer with the system resolver.
 	Dialer Dialer
 	Logger *slog.Logger
@@ -90,7 +108,9 @@ type state struct {
 	Group         string        `json:"group"`
 	OverlayIP     netip.Addr    `json:"overlay_ip"`
 	ControllerURL string        `json:"controller_url"`
-	ListenPort    uint16        `json:"listen_port"`
+	// ControllerURLs are the other controllers to fail over to.
+	ControllerURLs []string `json:"controller_urls,omitempty"`
+	ListenPort     uint16   `json:"listen_port"`
 }
 
 // Gateway is an app connector. Create with New, run with Run.
@@ -110,6 +130,7 @@ type Gateway struct {
 	net   *wg.Net
 
 	trav *traversal
+	lazy *lazyPeers // nil with EagerPeers
 	// runCtx and bg own the short-lived goroutines started from callbacks
 	// (punch rounds); Run waits for bg before it returns.
 	runCtx context.Context
@@ -202,12 +223,18 @@ func (g *Gateway) Run(ctx context.Context) error {
 	n.SetRefuseHook(func(src, dst netip.AddrPort) { g.refuse("tcp", src, dst, ErrDestination) })
 	g.runCtx = ctx
 	n.Bind().SetChecks(g.checkConfig(ctx, &g.bg))
+	loops := []func(context.Context){g.controlLoop, g.expiryLoop, g.flowLoop, g.certLoop, g.pathLoop, g.peerReportLoop}
+	if !g.cfg.EagerPeers {
+		g.lazy = newLazyPeers(g, n)
+		n.Bind().SetInitiationHook(g.lazy.onInitiation)
+		loops = append(loops, g.lazy.run)
+	}
 	defer g.bg.Wait()
 	g.log.Info("gateway up", "gateway_id", g.st.GatewayID, "group", g.st.Group, "wireguard_port", n.Port(), "overlay_ip", g.st.OverlayIP)
 	g.readyOnce.Do(func() { close(g.ready) })
 
 	var wgr sync.WaitGroup
-	for _, loop := range []func(context.Context){g.controlLoop, g.expiryLoop, g.flowLoop, g.certLoop, g.pathLoop, g.peerReportLoop} {
+	for _, loop := range loops {
 		wgr.Add(1)
 		go func() {
 			defer wgr.Done()
@@ -229,6 +256,9 @@ func (g *Gateway) ID() api.GatewayID { return g.st.GatewayID }
 
 // Table returns the grant table (for status and tests).
 func (g *Gateway) Table() *GrantTable { return g.table }
+
+// WGPublicKey returns the gateway's WireGuard public key once Ready.
+func (g *Gateway) WGPublicKey() key.WGPublic { return g.wgKey.Public() }
 
 // Port returns the WireGuard UDP port once Ready.
 func (g *Gateway) Port() uint16 { return g.net.Port() }
@@ -269,9 +299,9 @@ func (g *Gateway) setup(ctx context.Context) error {
 	if g.wgKey, err = key.ParseWGPrivate(strings.TrimSpace(string(kb))); err != nil {
 		return fmt.Errorf("gateway: wg.key: %w", err)
 	}
-	url := g.st.ControllerURL
-	if g.cfg.ControllerURL != "" {
-		url = g.cfg.ControllerURL
+	url, fallbacks := g.st.ControllerURL, g.st.ControllerURLs
+	if p, f := g.cfg.controllers(); p != "" {
+		url, fallbacks = p, f
 	}
 	if g.cfg.CAFingerprint != "" {
 		fp, err := trust.ParseFingerprint(g.cfg.CAFingerprint)
@@ -282,7 +312,7 @@ func (g *Gateway) setup(ctx context.Context) error {
 			return fmt.Errorf("gateway: --ca-fingerprint %s differs from the CA this gateway enrolled with (%s); use a fresh --data directory to enrol with another controller", fp, g.creds.Fingerprint())
 		}
 	}
-	g.api, err = apiclient.New(apiclient.Config{URL: url, Credentials: g.creds})
+	g.api, err = apiclient.New(apiclient.Config{URL: url, FallbackURLs: fallbacks, Credentials: g.creds})
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
@@ -291,10 +321,11 @@ func (g *Gateway) setup(ctx context.Context) error {
 }
 
 func (g *Gateway) enrol(ctx context.Context) error {
-	if g.cfg.ControllerURL == "" || g.cfg.Token == "" || g.cfg.CAFingerprint == "" {
+	primary, fallbacks := g.cfg.controllers()
+	if primary == "" || g.cfg.Token == "" || g.cfg.CAFingerprint == "" {
 		return errors.New("gateway: not enrolled yet; give --controller, --token and --ca-fingerprint (keyhole admin gateway token --group G prints a token)")
 	}
-	pinned, err := apiclient.New(apiclient.Config{URL: g.cfg.ControllerURL, Fingerprint: g.cfg.CAFingerprint})
+	pinned, err := apiclient.New(apiclient.Config{URL: primary, Fingerprint: g.cfg.CAFingerprint})
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
@@ -335,14 +366,30 @@ func (g *Gateway) enrol(ctx context.Context) error {
 	if err := trust.WriteSecret(filepath.Join(g.cfg.DataDir, "wg.key"), []byte(g.wgKey.Base64Secret()+"\n")); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
-	g.st = state{GatewayID: resp.GatewayID, Group: resp.Group, OverlayIP: resp.OverlayIP, ControllerURL: g.cfg.ControllerURL, ListenPort: g.cfg.ListenPort}
+	g.st = state{GatewayID: resp.GatewayID, Group: resp.Group, OverlayIP: resp.OverlayIP, ControllerURL: primary, ControllerURLs: fallbacks, ListenPort: g.cfg.ListenPort}
 	if err := g.saveState(); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
-	g.api, err = apiclient.New(apiclient.Config{URL: g.cfg.ControllerURL, Credentials: g.creds})
+	g.api, err = apiclient.New(apiclient.Config{URL: primary, FallbackURLs: fallbacks, Credentials: g.creds})
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
 	g.log.Info("gateway enrolled", "gateway_id", resp.GatewayID, "group", resp.Group)
 	return nil
+}
+
+// controllers returns the controller to try first and the others to fail
+// over to: ControllerURL (or the first of ControllerURLs), then the rest
+// of ControllerURLs, without repeats.
+func (cfg Config) controllers() (primary string, fallbacks []string) {
+	primary = cfg.ControllerURL
+	for _, u := range cfg.ControllerURLs {
+		switch {
+		case primary == "":
+			primary = u
+		case u != primary && !slices.Contains(fallbacks, u):
+			fallbacks = append(fallbacks, u)
+		}
+	}
+	return primary, fallbacks
 }

@@ -360,3 +360,40 @@ func closeAll(cs []io.Closer) {
 		_ = c.Close()
 	}
 }
+
+// PeerAddr returns the overlay address of client peer k if a grant that
+// has not expired needs it: the test a lazily added WireGuard peer must
+// pass (fail closed: no live grant, no peer).
+func (t *GrantTable) PeerAddr(k key.WGPublic) (netip.Addr, bool) {
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p := t.peers[k]
+	if p == nil {
+		return netip.Addr{}, false
+	}
+	for _, e := range t.byClient[p.ip] {
+		if e.g.ClientWGKey.Equal(k) && now.Before(e.g.NotAfter) {
+			return p.ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// OpenConns returns the number of live proxied connections under the
+// grants of client peer k.
+func (t *GrantTable) OpenConns(k key.WGPublic) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p := t.peers[k]
+	if p == nil {
+		return 0
+	}
+	n := 0
+	for _, e := range t.byClient[p.ip] {
+		if e.g.ClientWGKey.Equal(k) {
+			n += len(e.conns)
+		}
+	}
+	return n
+}

@@ -17,6 +17,13 @@ type metrics struct {
 	grants   prometheus.Gauge
 	peers    prometheus.Gauge
 	streamUp prometheus.Gauge
+	// materialize counts handshake initiations from clients without a
+	// configured peer, by outcome (lazy peers).
+	materialize *prometheus.CounterVec
+	// materializeSeconds is what adding a peer on demand adds to the
+	// client's first handshake: from the initiation's arrival to its
+	// delivery to wireguard-go.
+	materializeSeconds prometheus.Histogram
 }
 
 func newMetrics() *metrics {
@@ -27,10 +34,12 @@ func newMetrics() *metrics {
 		bytes:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyhole_gateway_bytes_total", Help: "Bytes proxied, up (client to app) and down."}, []string{"direction"}),
 		active:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyhole_gateway_active_connections", Help: "Connections open now."}),
 		grants:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyhole_gateway_grants", Help: "Live grants held."}),
-		peers:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyhole_gateway_peers", Help: "WireGuard client peers."}),
+		peers:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyhole_gateway_peers", Help: "WireGuard client peers configured in wireguard-go (with lazy peers, the active clients only)."}),
 		streamUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: "keyhole_gateway_control_stream_up", Help: "1 while the control stream is connected."}),
 	}
-	m.reg.MustRegister(m.refused, m.conns, m.bytes, m.active, m.grants, m.peers, m.streamUp)
+	m.materialize = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keyhole_gateway_peer_materializations_total", Help: "Handshake initiations examined to add a client peer on demand, by outcome (added, no_grant, busy, over_budget)."}, []string{"outcome"})
+	m.materializeSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "keyhole_gateway_peer_materialize_seconds", Help: "Delay added to a client's first handshake by adding its peer on demand.", Buckets: prometheus.ExponentialBuckets(50e-6, 2, 14)})
+	m.reg.MustRegister(m.refused, m.conns, m.bytes, m.active, m.grants, m.peers, m.streamUp, m.materialize, m.materializeSeconds)
 	return m
 }
 

@@ -110,6 +110,12 @@ func (a *Admin) Gateways(ctx context.Context) ([]api.Gateway, error) {
 	return out, a.c.Do(ctx, "GET", "/v1/gateways", nil, &out)
 }
 
+// UpdateGateway changes a gateway (drain or undrain it).
+func (a *Admin) UpdateGateway(ctx context.Context, id api.GatewayID, u api.GatewayUpdate) (api.Gateway, error) {
+	var out api.Gateway
+	return out, a.c.Do(ctx, "PATCH", "/v1/gateways/"+url.PathEscape(string(id)), u, &out)
+}
+
 // AddPolicy inserts a policy rule.
 func (a *Admin) AddPolicy(ctx context.Context, r api.PolicyRuleCreate) (api.PolicyRule, error) {
 	var out api.PolicyRule

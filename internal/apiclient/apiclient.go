@@ -32,6 +32,10 @@ const maxResponseBytes = 32 << 20
 type Config struct {
 	// URL is the controller's base URL, e.g. https://127.0.0.1:8443.
 	URL string
+	// FallbackURLs are the base URLs of other controllers of the same
+	// cluster (same CA), which Failover moves to in turn. With any, the
+	// TLS server name is each URL's own host.
+	FallbackURLs []string
 	// Fingerprint pins the controller CA ("sha256:…") for first contact.
 	Fingerprint string
 	// Credentials, when set, are trusted instead of Fingerprint: their CA is
@@ -48,7 +52,8 @@ type Config struct {
 
 // Client talks to one controller. Safe for concurrent use.
 type Client struct {
-	base    *url.URL
+	urls    []*url.URL // URL, then FallbackURLs
+	cur     atomic.Int32
 	hc      *http.Client
 	stream  *http.Client // no overall timeout, for long-lived streams
 	bearer  atomic.Pointer[string]
@@ -74,7 +79,14 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("controller URL %q: want https://HOST:PORT", cfg.URL)
 	}
 	host := u.Hostname()
-	c := &Client{base: u, timeout: cfg.Timeout}
+	c := &Client{urls: []*url.URL{u}, timeout: cfg.Timeout}
+	for _, s := range cfg.FallbackURLs {
+		f, err := url.Parse(s)
+		if err != nil || f.Scheme != "https" || f.Host == "" {
+			return nil, fmt.Errorf("controller URL %q: want https://HOST:PORT", s)
+		}
+		c.urls = append(c.urls, f)
+	}
 	if c.timeout <= 0 {
 		c.timeout = 15 * time.Second
 	}
@@ -107,6 +119,10 @@ func New(cfg Config) (*Client, error) {
 		// A connection whose path died (the laptop moved, a NAT forgot
 		// it) is noticed by a ping within 20 s instead of never.
 		HTTP2: &http.HTTP2Config{SendPingTimeout: 15 * time.Second, PingTimeout: 5 * time.Second},
+	}
+	if len(c.urls) > 1 && tlsCfg.ServerName == host {
+		// net/http verifies each connection against its own URL's host.
+		tlsCfg.ServerName = ""
 	}
 	c.tr = &swapTransport{}
 	c.tr.cur.Store(tr)
@@ -142,11 +158,27 @@ func (c *Client) Reconnect() {
 	old.CloseIdleConnections()
 }
 
+// base returns the current controller's base URL.
+func (c *Client) base() *url.URL { return c.urls[c.cur.Load()] }
+
 // URL returns the controller's base URL.
-func (c *Client) URL() string { return c.base.String() }
+func (c *Client) URL() string { return c.base().String() }
 
 // Host returns the controller's host name, as TLS verifies it.
-func (c *Client) Host() string { return c.base.Hostname() }
+func (c *Client) Host() string { return c.base().Hostname() }
+
+// Failover moves later requests to the next of the controllers (URL, then
+// FallbackURLs, round and round) and returns its URL. Without fallbacks it
+// changes nothing.
+func (c *Client) Failover() string {
+	for {
+		old := c.cur.Load()
+		next := (old + 1) % int32(len(c.urls))
+		if c.cur.CompareAndSwap(old, next) {
+			return c.urls[next].String()
+		}
+	}
+}
 
 func (c *Client) newRequest(ctx context.Context, method, path string, in any) (*http.Request, error) {
 	var body io.Reader
@@ -158,7 +190,7 @@ func (c *Client) newRequest(ctx context.Context, method, path string, in any) (*
 		body = bytes.NewReader(b)
 	}
 	p, q, _ := strings.Cut(path, "?")
-	u := c.base.ResolveReference(&url.URL{Path: p, RawQuery: q})
+	u := c.base().ResolveReference(&url.URL{Path: p, RawQuery: q})
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, err

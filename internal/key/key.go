@@ -144,3 +144,24 @@ func decode32(s string, dst *[Size]byte) error {
 	copy(dst[:], b)
 	return nil
 }
+
+// ErrLowOrderPoint means a Diffie-Hellman exchange gave the all-zero
+// result: the peer's public value is a low-order point, never a real key.
+var ErrLowOrderPoint = errors.New("wireguard key: low-order public value")
+
+// SharedSecret is the X25519 Diffie-Hellman of p with the public value pub
+// (a peer's static or ephemeral key). Keys stay inside this package: a
+// caller that needs DH with its private key gets only the result.
+func (p WGPrivate) SharedSecret(pub [Size]byte) ([Size]byte, error) {
+	var out [Size]byte
+	ss, err := curve25519.X25519(p.k[:], pub[:])
+	if err != nil {
+		return out, fmt.Errorf("%w: %w", ErrLowOrderPoint, err)
+	}
+	copy(out[:], ss)
+	return out, nil
+}
+
+// WGPublicFromBytes returns the public key with raw value b (as it travels
+// in WireGuard messages).
+func WGPublicFromBytes(b [Size]byte) WGPublic { return WGPublic{k: b} }

@@ -59,7 +59,8 @@ type Bind struct {
 	pending map[[stunTxIDSize]byte]*transaction
 	done    chan struct{} // closed by Close; nil while the Bind is not open
 
-	checks atomic.Pointer[CheckConfig]
+	checks   atomic.Pointer[CheckConfig]
+	initHook atomic.Pointer[InitiationHook]
 
 	relay    atomic.Pointer[relayState]
 	relayRx  chan relayPacket // from the allocation's reader to wireguard-go
@@ -322,6 +323,9 @@ func (b *Bind) filter(packets [][]byte, sizes []int, eps []conn.Endpoint, n int)
 func (b *Bind) intercept(pkt []byte, ep conn.Endpoint) bool {
 	if pkt[0] == wgTransport || ep == nil {
 		return false
+	}
+	if isInitiation(pkt) {
+		return !b.judgeInitiation(pkt, ep, false)
 	}
 	if isSTUN(pkt) {
 		if stunType(pkt) == stunBindingRequest {

@@ -9,6 +9,9 @@
 // its own transactions, connectivity checks and TURN traffic out of
 // wireguard-go's receive batches ([Bind.Reflexive], [Bind.Check],
 // [Bind.Allocate]). Relayed peers reach wireguard-go as [RelayEndpoint]s.
+// An [InitiationHook] may look at handshake initiations before wireguard-go
+// does, and hold one back until the initiator's peer exists (the gateway's
+// lazy peers).
 //
 // What does not live here: deciding which candidate to use (the client),
 // when to punch (the gateway), the relay server (internal/relay), and

@@ -75,11 +75,13 @@ func IsRelayed(endpoint string) (netip.AddrPort, bool) {
 	return ap, relayed
 }
 
-// relayPacket is one datagram the allocation received from a peer.
+// relayPacket is one datagram the allocation received from a peer, or a
+// held handshake initiation handed back by [Initiation.Deliver] (ep set).
 type relayPacket struct {
 	buf  *[maxPacket]byte
 	n    int
 	from netip.AddrPort
+	ep   conn.Endpoint // nil for relayed packets: the receive path makes one from from
 }
 
 // maxPacket is the largest datagram carried through the relay.
@@ -403,15 +405,33 @@ func (b *Bind) relayReceive(done <-chan struct{}) conn.ReceiveFunc {
 		n := 0
 		var last *RelayEndpoint // a batch usually comes from one peer
 		for {
-			sizes[n] = copy(packets[n], p.buf[:p.n])
-			if last == nil || last.Peer != p.from {
-				last = b.relayEndpoint(p.from)
+			var ep conn.Endpoint = p.ep
+			if ep == nil {
+				if last == nil || last.Peer != p.from {
+					last = b.relayEndpoint(p.from)
+				}
+				ep = last
 			}
-			eps[n] = last
+			// A delivered (held) initiation was judged already; a relayed
+			// one meets the hook here.
+			if p.ep != nil || b.judgeInitiation(p.buf[:p.n], ep, true) {
+				sizes[n] = copy(packets[n], p.buf[:p.n])
+				eps[n] = ep
+				n++
+			}
 			b.pool.Put(p.buf)
-			n++
 			if n == len(packets) {
 				return n, nil
+			}
+			if n == 0 {
+				// Everything so far was held or dropped: wait for more,
+				// since a ReceiveFunc returns at least one packet.
+				select {
+				case p = <-b.relayRx:
+					continue
+				case <-done:
+					return 0, net.ErrClosed
+				}
 			}
 			select {
 			case p = <-b.relayRx:

@@ -54,6 +54,10 @@ func TestChecks(t *testing.T) {
 	if fmt.Sprint(res.Remote) != fmt.Sprint(aCands) {
 		t.Errorf("remote candidates = %v, want %v", res.Remote, aCands)
 	}
+	// OnCheck runs after the answer is sent: the answer may arrive first.
+	for deadline := time.Now().Add(2 * time.Second); got.Load() == nil && time.Now().Before(deadline); {
+		<-time.After(5 * time.Millisecond)
+	}
 	if r := got.Load(); r == nil || fmt.Sprint(*r) != fmt.Sprint(bCands) {
 		t.Errorf("OnCheck saw %v, want %v", r, bCands)
 	}

@@ -126,3 +126,31 @@ func TestBenchHarnessSmoke(t *testing.T) {
 		t.Fatalf("%d live grants for seeded apps, want 10 fresh ones", fresh)
 	}
 }
+
+// BenchmarkIdlePeerMemory reports the gateway's heap per idle client peer
+// (issue 6 target: under 20 KiB for 10,000 clients) and per active one
+// (1,000 of them, with a wireguard-go peer), and the CPU they cost idle.
+func BenchmarkIdlePeerMemory(b *testing.B) {
+	for range b.N {
+		f, err := PeerMemory(10000, 1000, time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(f.BytesPerPeer, "B/idle-peer")
+		b.ReportMetric(f.BytesPerActivePeer, "B/active-peer")
+		b.ReportMetric(f.IdleCPU*100, "%cpu-idle")
+		b.ReportMetric(f.GrantRate, "grants/s")
+		b.ReportMetric(f.AddRate, "peers/s")
+	}
+}
+
+// TestPeerMemorySmoke keeps the measurement working (small, fast).
+func TestPeerMemorySmoke(t *testing.T) {
+	f, err := PeerMemory(200, 20, 10*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.BytesPerPeer <= 0 || f.BytesPerActivePeer <= 0 || f.AddRate <= 0 || f.GrantRate <= 0 {
+		t.Fatalf("figures %+v", f)
+	}
+}
