@@ -24,9 +24,14 @@ demo: build
 	$(BIN) demo
 
 # Performance figures as ratios against a reference measured in the same run.
+# KEYHOLE_BENCH_POSTGRES=postgres://… (an empty database) adds PostgreSQL to
+# the grant rate; the cluster figures start a throwaway PostgreSQL (or use
+# KEYHOLE_TEST_POSTGRES_URL).
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 20m ./cmd/keyhole/internal/onebox/
 	$(BIN) bench
+	$(BIN) bench control $(if $(KEYHOLE_BENCH_POSTGRES),--store $(KEYHOLE_BENCH_POSTGRES))
+	KEYHOLE_BENCH=1 $(GO) test -count=1 -run TestClusterFigures -v -timeout 10m ./controller/
 
 # Figures in the network-namespace lab (root): NAT traversal (first byte and
 # throughput, direct vs relayed vs the lab's plain routed path) and TUN mode
@@ -49,6 +54,12 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzHostName -fuzztime 30s ./controller/
 	$(GO) test -run '^$$' -fuzz FuzzPostureReport -fuzztime 30s ./controller/
 	$(GO) test -run '^$$' -fuzz FuzzEchoRequest4 -fuzztime 30s ./internal/wg/
+	$(GO) test -run '^$$' -fuzz FuzzInitiation -fuzztime 30s ./internal/wg/
+	$(GO) test -run '^$$' -fuzz FuzzDecodeEvent -fuzztime 30s ./controller/cluster/
+	$(GO) test -run '^$$' -fuzz FuzzDecodeState -fuzztime 30s ./controller/cluster/
+	$(GO) test -run '^$$' -fuzz FuzzMountinfo -fuzztime 30s ./client/posture/
+	$(GO) test -run '^$$' -fuzz FuzzOSRelease -fuzztime 30s ./client/posture/
+	$(GO) test -run '^$$' -fuzz FuzzDecodeVerdict -fuzztime 30s ./client/posture/
 
 clean:
 	rm -rf bin

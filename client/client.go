@@ -92,7 +92,8 @@ type Client struct {
 	evMu          sync.Mutex // guards evCancel, evDone: the event stream in use
 	evCancel      context.CancelFunc
 	evDone        chan struct{}
-	lastIdleCheck time.Time // Run's goroutine only
+	evUp          atomic.Bool // the event stream is open
+	lastIdleCheck time.Time   // Run's goroutine only
 
 	mu             sync.Mutex // guards grants, byDest, peers, idle, paths, srflx, ifaddrs, stun, peerBytes
 	grants         map[api.GrantID]*liveGrant
@@ -121,6 +122,9 @@ type liveGrant struct {
 	// active.
 	held   bool
 	active time.Time
+	// checked is when the grant was last checked with the controller
+	// before a use while the event stream was down (revalidate).
+	checked time.Time
 }
 
 // ErrDenied wraps a policy denial; its text is the controller's reason.
@@ -254,9 +258,17 @@ func (c *Client) Grant(ctx context.Context, dest, proto string, port uint16) (ap
 		resp := lg.resp
 		lg.active = c.now()
 		c.mu.Unlock()
-		return resp, nil
+		if c.evUp.Load() {
+			return resp, nil
+		}
+		// Without the event stream a move or revocation may have gone
+		// unheard: check with the controller first.
+		if resp, ok := c.revalidate(ctx, resp); ok {
+			return resp, nil
+		}
+	} else {
+		c.mu.Unlock()
 	}
-	c.mu.Unlock()
 	v, err, _ := c.sf.Do(dest+"/"+proto+"/"+strconv.Itoa(int(port)), func() (any, error) {
 		c.mu.Lock()
 		known := c.srflx.IsValid()
@@ -461,11 +473,12 @@ func (c *Client) renewDue(ctx context.Context) {
 	}
 	for _, id := range due {
 		var resp api.GrantResponse
+		dests, held := c.destsOf(id)
 		err := c.sess.api.Do(ctx, "POST", "/v1/grants/"+string(id)+"/renew", api.GrantRenewal{Posture: c.posture(ctx)}, &resp)
 		var ae *api.Error
 		switch {
 		case err == nil:
-			if err := c.install(resp); err != nil {
+			if err := c.renewed(ctx, id, dests, held, resp); err != nil {
 				c.log.Warn("installing renewed grant", "grant_id", id, "err", err)
 			}
 			c.log.Debug("grant renewed", "grant_id", id, "not_after", resp.Grant.NotAfter)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/keyhole-net/keyhole/internal/api"
@@ -77,7 +78,9 @@ func (c *Client) restartEvents() {
 
 // runEvents reads one stream until it ends.
 func (c *Client) runEvents(ctx context.Context) error {
-	return c.sess.api.ReadLines(ctx, "/v1/device/events", eventsIdle, maxEventLine, nil, func(line []byte) error {
+	defer c.evUp.Store(false)
+	opened := func(*http.Response) { c.evUp.Store(true) }
+	return c.sess.api.ReadLines(ctx, "/v1/device/events", eventsIdle, maxEventLine, opened, func(line []byte) error {
 		var ev api.DeviceEvent
 		if err := json.Unmarshal(line, &ev); err != nil {
 			return fmt.Errorf("malformed device event: %w", err)
@@ -105,6 +108,8 @@ func (c *Client) applyEvent(ctx context.Context, ev api.DeviceEvent) {
 			reason = "revoked: " + ev.Reason
 		}
 		c.drop(ev.GrantID, reason)
+	case api.DeviceEventGrantMoved:
+		c.followMove(ctx, ev.GrantID, ev.NewGrantID)
 	case api.DeviceEventDomainsChanged:
 		c.refreshDomains(ctx)
 	case api.DeviceEventPostureChanged:

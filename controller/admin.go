@@ -253,7 +253,7 @@ func (c *Controller) handleAppAdd(w http.ResponseWriter, r *http.Request, a admi
 	if len(app.Domains) > 0 {
 		err = c.reevaluate(r.Context(), "app "+app.Name+" added", a.actor())
 	} else {
-		err = c.reloadCatalog(r.Context())
+		err = c.catalogChanged(r.Context())
 	}
 	if err != nil {
 		return err

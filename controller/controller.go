@@ -26,8 +26,8 @@ import (
 
 	"github.com/keyhole-net/keyhole/controller/auth"
 	"github.com/keyhole-net/keyhole/controller/ca"
+	"github.com/keyhole-net/keyhole/controller/cluster"
 	"github.com/keyhole-net/keyhole/controller/store"
-	"github.com/keyhole-net/keyhole/controller/store/sqlite"
 	"github.com/keyhole-net/keyhole/internal/relay"
 	"github.com/keyhole-net/keyhole/internal/trust"
 )
@@ -49,11 +49,30 @@ type Config struct {
 	DataDir string
 	// Listen is the HTTPS API address (default ":8443").
 	Listen string
+	// ID names this controller: in its server certificate's URI SAN
+	// keyhole://controller/<id>, in GET /v1/health and in the cluster
+	// (default: the ID in DATA/controller.id, "ctl_…", made on first start).
+	ID string
+	// CADir, when set, holds the CA (ca.crt, ca.key) instead of DataDir.
+	// The controllers of a cluster must share one CA: copy the first
+	// controller's ca.crt and ca.key into each one's CADir (as with
+	// kubeadm). Each controller still makes its own server certificate in
+	// DataDir.
+	CADir string
+	// Cluster, when set, makes this controller a member of the cluster of
+	// controllers that share its database (see ClusterConfig); nil runs it
+	// alone.
+	Cluster *ClusterConfig
 	// Names are the DNS names and IPs the server certificate carries
 	// (default: localhost, 127.0.0.1, ::1 and the host name).
 	Names []string
 	// Store, when set, replaces the default SQLite store in DataDir.
 	Store store.Store
+	// StoreURL, when Store is nil, names the database: "" for SQLite in
+	// DataDir, a file path or "sqlite:PATH" for SQLite elsewhere, or a
+	// PostgreSQL URL ("postgres://user@host/db") for a store several
+	// controllers share.
+	StoreURL string
 	// GrantLifetime is how long a grant lives before renewal (default 10m).
 	GrantLifetime time.Duration
 	// CertLifetime is the lifetime of device and gateway certificates.
@@ -62,6 +81,10 @@ type Config struct {
 	SessionLifetime time.Duration
 	// AckTimeout bounds the wait for a gateway to apply a pushed grant.
 	AckTimeout time.Duration
+	// GatewayGrace is how long a gateway whose control stream ended may
+	// take to come back before its live grants move to another gateway of
+	// the group (default DefaultGatewayGrace).
+	GatewayGrace time.Duration
 	// MaxWildcardNames caps the names one wildcard domain app serves, each
 	// with an address of its own (default DefaultMaxWildcardNames).
 	MaxWildcardNames int
@@ -116,6 +139,7 @@ type Config struct {
 // Controller is a running control plane. Create with New, start with Run.
 type Controller struct {
 	cfg     Config
+	id      string // controller ID
 	log     *slog.Logger
 	now     func() time.Time
 	ca      *ca.CA
@@ -146,8 +170,16 @@ type Controller struct {
 	relayAddr   netip.AddrPort
 	closeOnce   sync.Once
 
+	// cluster is the running cluster membership (nil when alone or not
+	// running); peers is what it tells of the other controllers.
+	cluster atomic.Pointer[cluster.Cluster]
+	peers   *peerView
+
 	mu       sync.Mutex // guards listener
 	listener net.Listener
+
+	// failover waits out the grace of gateways whose stream ended.
+	failover failover
 }
 
 // New opens (or creates, on first start) the controller's CA and store.
@@ -214,14 +246,24 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	c.logins = newLoginThrottle()
-	c.ca, created, err = ca.LoadOrCreate(ca.Config{Dir: cfg.DataDir, Names: cfg.Names, Now: c.now})
+	if c.id, err = loadControllerID(cfg); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	if cfg.CADir != "" {
+		if err := os.MkdirAll(cfg.CADir, 0o700); err != nil {
+			return nil, fmt.Errorf("controller: CA dir: %w", err)
+		}
+	}
+	if cfg.Cluster != nil && len(cfg.Cluster.SecretKey) == 0 {
+		return nil, errors.New("controller: a cluster needs a gossip key (--cluster-key-file); make one with: openssl rand -base64 32")
+	}
+	c.ca, created, err = ca.LoadOrCreate(ca.Config{Dir: cfg.DataDir, CADir: cfg.CADir, Names: cfg.Names, ID: c.id, Now: c.now})
 	if err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	c.store = cfg.Store
 	if c.store == nil {
-		c.store, err = sqlite.Open(ctx, sqlite.Config{Path: filepath.Join(cfg.DataDir, "keyhole.db"), Pools: DefaultPools})
-		if err != nil {
+		if c.store, err = openStore(ctx, cfg.StoreURL, cfg.DataDir); err != nil {
 			return nil, fmt.Errorf("controller: %w", err)
 		}
 		c.ownsDB = true
@@ -234,6 +276,8 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	}
 	c.metrics = newMetrics()
 	c.hub = newStreamHub(c.log, c.metrics)
+	c.peers = newPeerView()
+	c.hub.remote = c.remoteGateways
 	c.devices = newDeviceHub(c.metrics)
 	names, err := c.store.WildcardNames(ctx)
 	if err != nil {
@@ -353,12 +397,26 @@ func (c *Controller) Run(ctx context.Context) error {
 			}
 		}
 	}()
-	c.log.Info("controller listening", "addr", l.Addr().String(), "relay", c.relayAddr, "ca_fingerprint", c.Fingerprint())
+	stopCluster := func() {}
+	if c.cfg.Cluster != nil {
+		var err error
+		if stopCluster, err = c.startCluster(ctx); err != nil {
+			srv.Close()
+			<-errc
+			return err
+		}
+	}
+	c.failover.start(ctx)
+	defer c.failover.wait()
+	c.watchGatewaysAtStart(ctx)
+	c.log.Info("controller listening", "addr", l.Addr().String(), "relay", c.relayAddr, "ca_fingerprint", c.Fingerprint(), "controller_id", c.id)
 	select {
 	case err := <-errc:
+		stopCluster()
 		return fmt.Errorf("controller: serve: %w", err)
 	case <-ctx.Done():
 	}
+	stopCluster()
 	c.hub.closeAll()
 	c.devices.closeAll()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -414,6 +472,7 @@ func (c *Controller) routes() http.Handler {
 	h("POST /v1/gateway-groups", c.admin(c.handleGatewayGroupAdd))
 	h("POST /v1/gateway-tokens", c.admin(c.handleGatewayTokenAdd))
 	h("GET /v1/gateways", c.admin(c.handleGatewayList))
+	h("PATCH /v1/gateways/{id}", c.admin(c.handleGatewayUpdate))
 	h("GET /v1/policies", c.admin(c.handlePolicyList))
 	h("POST /v1/policies", c.admin(c.handlePolicyAdd))
 	h("DELETE /v1/policies/{id}", c.admin(c.handlePolicyDelete))

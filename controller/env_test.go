@@ -38,6 +38,21 @@ const testPassword = "correct horse battery"
 // newTestEnv starts a controller; cfg may set limits, the rest is filled in.
 func newTestEnv(t *testing.T, cfg Config, ping time.Duration) *testEnv {
 	t.Helper()
+	e := startTestEnv(t, cfg, ping)
+	tok, err := os.ReadFile(filepath.Join(e.cfg.DataDir, "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.admin, err = apiclient.NewAdmin(e.url, e.fp, strings.TrimSpace(string(tok))); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// startTestEnv starts a controller without an admin client (a controller
+// that joins a cluster has no admin token file of its own).
+func startTestEnv(t *testing.T, cfg Config, ping time.Duration) *testEnv {
+	t.Helper()
 	cfg.DataDir = filepath.Join(t.TempDir(), "controller")
 	cfg.Listen = "127.0.0.1:0"
 	// Explicit: a restart listens on the concrete API port, and the relay
@@ -48,13 +63,6 @@ func newTestEnv(t *testing.T, cfg Config, ping time.Duration) *testEnv {
 	e := &testEnv{t: t, cfg: cfg, ping: ping}
 	e.start()
 	t.Cleanup(func() { e.stop() })
-	tok, err := os.ReadFile(filepath.Join(cfg.DataDir, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if e.admin, err = apiclient.NewAdmin(e.url, e.fp, strings.TrimSpace(string(tok))); err != nil {
-		t.Fatal(err)
-	}
 	return e
 }
 
@@ -112,6 +120,13 @@ func (e *testEnv) must(_ any, err error) {
 
 // addGateway enrols and runs a gateway of group and waits for its stream.
 func (e *testEnv) addGateway(group string) *gateway.Gateway {
+	e.t.Helper()
+	return e.addGatewayWith(group, nil)
+}
+
+// addGatewayWith is addGateway for a gateway that fails over to the
+// controllers at fallbacks.
+func (e *testEnv) addGatewayWith(group string, fallbacks []string) *gateway.Gateway {
 	t := e.t
 	t.Helper()
 	ctx := context.Background()
@@ -120,7 +135,7 @@ func (e *testEnv) addGateway(group string) *gateway.Gateway {
 		t.Fatal(err)
 	}
 	gw, err := gateway.New(gateway.Config{
-		ControllerURL: e.url, CAFingerprint: e.fp, Token: tok.Token, DataDir: t.TempDir(), Name: "gw",
+		ControllerURL: e.url, ControllerURLs: fallbacks, CAFingerprint: e.fp, Token: tok.Token, DataDir: t.TempDir(), Name: "gw",
 		MaxBackoff: 200 * time.Millisecond,
 	})
 	if err != nil {

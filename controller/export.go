@@ -181,10 +181,16 @@ func (c *Controller) exportGateway(ctx context.Context, group string) (store.Gat
 		}
 		info, ok := c.hub.info(gw.ID) // as of the gateway's last hello
 		if !ok {
-			continue
+			if !c.gatewayReachable(gw.ID) {
+				continue
+			}
+			// Another controller of the cluster holds it: its endpoints
+			// are in the store; its candidates are known here only after
+			// a push through that controller.
+			info = gw
 		}
 		connected++
-		if direct := directCandidates(c.hub.liveInfo(gw.ID).candidates, info.Endpoints); len(direct) > 0 {
+		if direct := directCandidates(c.gatewayCandidates(gw.ID), info.Endpoints); len(direct) > 0 {
 			usable = append(usable, choice{info, direct})
 		}
 	}

@@ -165,15 +165,21 @@ func (c *Controller) handleGatewayPeers(w http.ResponseWriter, r *http.Request, 
 // live grant of the gateway, then pushes as they come, as NDJSON.
 func (c *Controller) handleGatewayStream(w http.ResponseWriter, r *http.Request, g gatewayCaller) error {
 	s := c.hub.open(g.gateway)
-	defer c.hub.remove(s)
+	// Deferred first, so it runs once the stream is removed.
+	defer c.watchGateway(g.gateway.ID)
+	c.streamOpened(g.gateway)
+	defer func() {
+		c.hub.remove(s)
+		c.streamClosed(g.gateway)
+	}()
 	live, err := c.store.LiveGrants(r.Context(), c.now(), g.gateway.ID, "")
 	if err != nil {
 		return err
 	}
-	sync := api.StreamEvent{Seq: 1, Type: api.EventSync, Time: c.now(), Grants: make([]api.GatewayGrant, 0, len(live))}
-	for _, gr := range live {
-		sync.Grants = append(sync.Grants, c.gatewayGrant(gr))
-	}
+	sync := c.syncEvent(live)
+	sync.Seq = 1
+	s.setSynced(grantsDigest(sync.Grants))
+	c.hub.load.note(g.gateway.ID, sync)
 	w.Header().Set(api.HeaderStreamID, s.id)
 	out := startNDJSON(w)
 	c.log.Info("gateway stream open", "gateway_id", g.gateway.ID, "stream", s.id, "live_grants", len(live))

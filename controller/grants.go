@@ -102,7 +102,7 @@ func (c *Controller) issue(ctx context.Context, d deviceCaller, m match, targets
 		return api.GrantResponse{}, err
 	}
 	for _, g := range live {
-		if !g.Export && g.Name == m.name && c.hub.connected(g.GatewayID) {
+		if !g.Export && g.Name == m.name && c.gatewayReachable(g.GatewayID) {
 			return c.extend(ctx, g, dec, ev, cands, c.grantEnd(d, now))
 		}
 	}
@@ -137,8 +137,14 @@ func (c *Controller) grantEnd(d deviceCaller, now time.Time) time.Time {
 }
 
 // extend gives a live grant NotAfter notAfter and the facts of the
-// decision that allowed it, and pushes the update.
+// decision that allowed it, and pushes the update (or moves it, see
+// renewElsewhere).
 func (c *Controller) extend(ctx context.Context, g store.Grant, dec verdict, ev api.AuditEvent, cands []api.Candidate, notAfter time.Time) (api.GrantResponse, error) {
+	// A grant whose gateway drains or is gone is renewed through another
+	// gateway of the group: the answer carries the new grant and peer.
+	if resp, moved, err := c.renewElsewhere(ctx, g, dec, ev, cands, notAfter); moved || err != nil {
+		return resp, err
+	}
 	now := c.now()
 	g.NotAfter, g.Facts = notAfter, dec.facts()
 	g.Rule = dec.Rule
@@ -198,10 +204,16 @@ func (c *Controller) pushNew(ctx context.Context, g store.Grant, cands []api.Can
 }
 
 // pushGrant sends g to its gateway, with the client's candidates to punch
-// towards (if any), and waits for the ack.
+// towards (if any), and waits for the ack. When another controller of the
+// cluster holds the gateway's stream, that controller pushes it.
 func (c *Controller) pushGrant(ctx context.Context, g store.Grant, cands []api.Candidate) error {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.AckTimeout)
 	defer cancel()
+	if !c.hub.connected(g.GatewayID) {
+		if _, ok := c.gatewayOwner(g.GatewayID); ok {
+			return c.pushRemote(ctx, g, cands)
+		}
+	}
 	gg := c.gatewayGrant(g)
 	gg.ClientCandidates = cands
 	return c.hub.push(ctx, g.GatewayID, api.StreamEvent{
@@ -227,7 +239,7 @@ func (c *Controller) grantResponse(g store.Grant, gw store.Gateway) api.GrantRes
 		Grant: g.Grant,
 		Peer: api.Peer{
 			GatewayID: gw.ID, PublicKey: gw.WGPublicKey, Endpoints: gw.Endpoints, AllowedIPs: allowed,
-			Candidates: c.hub.liveInfo(gw.ID).candidates, CheckKey: c.checkKey(g.ID),
+			Candidates: c.gatewayCandidates(gw.ID), CheckKey: c.checkKey(g.ID),
 		},
 		RenewAfter: c.now().Add(time.Duration(float64(life) * renewFraction)),
 		STUN:       c.relayAddr,
@@ -355,6 +367,9 @@ func (c *Controller) revoke(ctx context.Context, ids []api.GrantID, reason, acto
 			errc <- c.hub.push(pctx, gw, api.StreamEvent{Type: api.EventRevoke, Time: now, GrantIDs: gids, Reason: reason})
 		}()
 	}
+	// The other controllers push it to the gateways they hold; one that
+	// misses it drops the grants at its next re-sync with the store.
+	c.clusterRevoked(revoked)
 	for range byGateway {
 		if err := <-errc; err != nil && !errors.Is(err, errNotConnected) {
 			c.log.Warn("revocation not acknowledged; the gateway will drop it on reconnect or expiry", "err", err)
@@ -368,7 +383,7 @@ func (c *Controller) revoke(ctx context.Context, ids []api.GrantID, reason, acto
 // that can take access away calls it, so the rule "revocable within a
 // second" holds for policy edits as much as for explicit revocations.
 func (c *Controller) reevaluate(ctx context.Context, why, actor string) error {
-	if err := c.reloadCatalog(ctx); err != nil {
+	if err := c.catalogChanged(ctx); err != nil {
 		return err
 	}
 	return c.recheck(ctx, c.catalog.Load(), why, actor, nil)

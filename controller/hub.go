@@ -3,12 +3,14 @@ package controller
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	mrand "math/rand/v2"
 	"sync"
+	"time"
 
 	"github.com/keyhole-net/keyhole/controller/store"
 	"github.com/keyhole-net/keyhole/internal/api"
@@ -25,12 +27,17 @@ var errStreamClosed = errors.New("gateway stream closed before it acknowledged")
 type streamHub struct {
 	log     *slog.Logger
 	metrics *metrics
+	// remote, when set, returns the gateways of a group whose streams other
+	// controllers of the cluster hold (Controller.remoteGateways).
+	remote func(group string) []store.Gateway
 
 	mu      sync.Mutex // guards streams, live
 	streams map[api.GatewayID]*gwStream
 	// live is what each gateway last reported: candidates (hello, which
 	// comes before its stream) and per-peer paths (peer reports).
 	live map[api.GatewayID]gwLive
+	// load counts each connected gateway's live grants (grantLoad).
+	load *grantLoad
 }
 
 // gwStream is one gateway's control stream. The handler goroutine serving
@@ -46,6 +53,7 @@ type gwStream struct {
 	nextSeq uint64
 	acked   uint64
 	waiters map[uint64]chan struct{}
+	synced  [sha256.Size]byte // digest of the grants of the last sync sent
 }
 
 // gwLive is a connected gateway's self-reported, in-memory state.
@@ -55,7 +63,7 @@ type gwLive struct {
 }
 
 func newStreamHub(log *slog.Logger, m *metrics) *streamHub {
-	return &streamHub{log: log, metrics: m, streams: make(map[api.GatewayID]*gwStream), live: make(map[api.GatewayID]gwLive)}
+	return &streamHub{log: log, metrics: m, streams: make(map[api.GatewayID]*gwStream), live: make(map[api.GatewayID]gwLive), load: newGrantLoad()}
 }
 
 // open registers a new stream for gw, closing any older one. Sequence 1 is
@@ -155,21 +163,50 @@ func (h *streamHub) setPeers(gw api.GatewayID, ps []api.PeerReport) bool {
 // connected reports whether gw holds a stream.
 func (h *streamHub) connected(gw api.GatewayID) bool { return h.get(gw) != nil }
 
-// pick returns a connected gateway of group, chosen at random so load
-// spreads across the group.
+// pick returns the connected, not draining gateway of group with the
+// fewest live grants, ties broken at random (see chooseGateway).
 func (h *streamHub) pick(group string) (store.Gateway, bool) {
+	c, ok := chooseGateway(h.candidates(group, time.Now()), "", mrand.IntN)
+	return c.gw, ok
+}
+
+// candidates lists the gateways of group that could take a grant: those
+// whose stream this controller holds, with their live grant count from
+// the hub's own view, and those other controllers of the cluster hold
+// (h.remote), whose load this controller does not know.
+func (h *streamHub) candidates(group string, now time.Time) []candidate {
+	var remote []store.Gateway
+	if h.remote != nil {
+		remote = h.remote(group)
+	}
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	var cands []store.Gateway
+	var cands []candidate
 	for _, s := range h.streams {
 		if s.info.Group == group {
-			cands = append(cands, s.info)
+			cands = append(cands, candidate{gw: s.info, draining: s.info.Draining, local: true})
 		}
 	}
-	if len(cands) == 0 {
-		return store.Gateway{}, false
+	for _, g := range remote {
+		if h.streams[g.ID] == nil {
+			cands = append(cands, candidate{gw: g, draining: g.Draining, load: loadUnknown})
+		}
 	}
-	return cands[mrand.IntN(len(cands))], true
+	h.mu.Unlock()
+	for i := range cands {
+		if cands[i].local {
+			cands[i].load = h.load.count(cands[i].gw.ID, now)
+		}
+	}
+	return cands
+}
+
+// setDraining records an admin's drain (or undrain) of a connected gateway.
+func (h *streamHub) setDraining(gw api.GatewayID, draining bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.streams[gw]; s != nil {
+		s.info.Draining = draining
+	}
 }
 
 // updateInfo refreshes what the hub knows of a connected gateway (after a hello).
@@ -192,6 +229,7 @@ func (h *streamHub) push(ctx context.Context, gw api.GatewayID, ev api.StreamEve
 	if err != nil {
 		return fmt.Errorf("push to %s: %w", gw, err)
 	}
+	h.load.note(gw, ev)
 	select {
 	case <-wait:
 		return nil

@@ -16,7 +16,7 @@ import (
 const maxPasswordBytes = 1024
 
 func (c *Controller) handleHealth(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, api.Health{Version: api.Version, CAFingerprint: c.Fingerprint()})
+	writeJSON(w, http.StatusOK, api.Health{Version: api.Version, ControllerID: c.id, CAFingerprint: c.Fingerprint()})
 	return nil
 }
 

@@ -253,6 +253,7 @@ func (c *Controller) handlePostureAdd(w http.ResponseWriter, r *http.Request, a 
 		return err
 	}
 	c.devices.broadcast(api.DeviceEvent{Type: api.DeviceEventPostureChanged, Time: c.now()})
+	c.broadcast(kindCatalogChanged, catalogNote{Posture: true})
 	status := http.StatusCreated
 	if replace {
 		status = http.StatusOK
@@ -292,10 +293,11 @@ func (c *Controller) handlePostureDelete(w http.ResponseWriter, r *http.Request,
 		return storeErr("posture profile "+name, err)
 	}
 	c.adminAudit(r, a, "admin.posture.delete", api.AuditEvent{Reason: name})
-	if err := c.reloadCatalog(r.Context()); err != nil {
+	if err := c.catalogChanged(r.Context()); err != nil {
 		return err
 	}
 	c.devices.broadcast(api.DeviceEvent{Type: api.DeviceEventPostureChanged, Time: c.now()})
+	c.broadcast(kindCatalogChanged, catalogNote{Posture: true})
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }

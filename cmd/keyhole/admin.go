@@ -479,6 +479,9 @@ func adminGatewayCmd(o *adminOpts) *cobra.Command {
 					if g.Connected {
 						conn = "yes"
 					}
+					if g.Draining {
+						conn += " (draining)"
+					}
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", g.ID, g.Name, g.Group, g.OverlayIP, list(eps), conn, date(g.LastSeen))
 				}
 				for _, g := range gs {
@@ -501,8 +504,34 @@ func adminGatewayCmd(o *adminOpts) *cobra.Command {
 			})
 		}),
 	}
-	cmd.AddCommand(token, ls)
+	cmd.AddCommand(token, ls, gatewayDrainCmd(o, true), gatewayDrainCmd(o, false))
 	return cmd
+}
+
+// gatewayDrainCmd is keyhole admin gateway drain ID (drain) or undrain ID.
+func gatewayDrainCmd(o *adminOpts, drain bool) *cobra.Command {
+	use, short := "undrain ID", "Put a drained gateway back in service"
+	if drain {
+		use, short = "drain ID", "Take a gateway out of service: no new grants; renewals move to another gateway of its group"
+	}
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: o.run(func(ctx context.Context, a *apiclient.Admin, args []string) error {
+			g, err := a.UpdateGateway(ctx, api.GatewayID(args[0]), api.GatewayUpdate{Draining: &drain})
+			if err != nil {
+				return err
+			}
+			return o.print(g, func(w io.Writer) {
+				if g.Draining {
+					fmt.Fprintf(w, "Gateway %s (%s, group %s) is draining: it gets no new grants; its grants move to another gateway of the group as they renew\n", g.ID, g.Name, g.Group)
+				} else {
+					fmt.Fprintf(w, "Gateway %s (%s, group %s) is back in service\n", g.ID, g.Name, g.Group)
+				}
+			})
+		}),
+	}
 }
 
 // --- policy --------------------------------------------------------------

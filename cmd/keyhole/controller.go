@@ -20,6 +20,7 @@ func (c *cli) controllerCmd() *cobra.Command {
 		relayAddr   string
 		relaySecret string
 		sso         oidcControllerFlags
+		cl          clusterFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "controller",
@@ -51,6 +52,9 @@ the token (shown once; also saved in DATA/admin.token).`,
 				return err
 			}
 			cfg.OIDC = oc
+			if cfg.Cluster, err = cl.config(); err != nil {
+				return err
+			}
 			ctrl, err := controller.New(ctx, cfg)
 			if err != nil {
 				return err
@@ -83,6 +87,7 @@ the token (shown once; also saved in DATA/admin.token).`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.DataDir, "data", defaultDataDir("controller"), "data directory (CA, database, admin token)")
 	f.StringVar(&cfg.Listen, "listen", controller.DefaultListen, "HTTPS API address")
+	f.StringVar(&cfg.StoreURL, "store", "", `database: "" for SQLite in the data directory, a file path, or postgres://user@host/db for PostgreSQL (shared by a controller cluster); the URL's password is never printed`)
 	f.StringSliceVar(&names, "name", nil, "DNS name or IP the server certificate carries (repeatable; default localhost, 127.0.0.1, ::1 and the host name)")
 	f.DurationVar(&cfg.GrantLifetime, "grant-lifetime", controller.DefaultGrantLifetime, "lifetime of a grant before renewal")
 	f.DurationVar(&cfg.SessionLifetime, "session-lifetime", controller.DefaultSessionLifetime, "how long a login lasts; no grant outlives it, then the user logs in again")
@@ -93,6 +98,9 @@ the token (shown once; also saved in DATA/admin.token).`,
 	f.StringVar(&cfg.RelayListen, "relay-listen", "", `UDP address of the embedded TURN relay and STUN server (default: the --listen host, port 3478; "off" for an external relay)`)
 	f.StringVar(&relayAddr, "relay-addr", "", "relay address handed to gateways and clients, IP:port (default: the embedded relay's; required for an external relay such as coturn)")
 	sso.register(f)
+	cl.register(f)
+	f.StringVar(&cfg.CADir, "ca-dir", "", "directory with the CA (ca.crt, ca.key) instead of --data; the controllers of a cluster share one CA: copy the first controller's there (docs/ha.md)")
+	f.StringVar(&cfg.ID, "id", "", "controller ID, in its certificate and the cluster (default: DATA/controller.id, made on first start)")
 	f.StringVar(&relaySecret, "relay-secret-file", "", "file with the relay's shared secret, coturn's static-auth-secret (default: DATA/relay.secret, created on first start)")
 	return cmd
 }

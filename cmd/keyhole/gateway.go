@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +25,7 @@ func (c *cli) gatewayCmd() *cobra.Command {
 		endpoints     []string
 		hosts         []string
 		metricsListen string
+		tokenFile     string
 	)
 	cmd := &cobra.Command{
 		Use:   "gateway",
@@ -36,6 +39,15 @@ outbound WireGuard UDP socket (and --metrics-listen if you ask for it).`,
 			controllerTarget(cmd, &cfg.CAFingerprint, nil)
 			cfg.ListenPort = port
 			var err error
+			if tokenFile != "" && cfg.Token == "" {
+				// A missing file is fine once enrolled (a pod's volume
+				// keeps the identity; its token secret may be gone).
+				if b, err := os.ReadFile(tokenFile); err == nil {
+					cfg.Token = strings.TrimSpace(string(b))
+				} else if !errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("--token-file: %w", err)
+				}
+			}
 			if cfg.Endpoints, err = parseEndpoints(endpoints); err != nil {
 				return err
 			}
@@ -57,7 +69,9 @@ outbound WireGuard UDP socket (and --metrics-listen if you ask for it).`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.ControllerURL, "controller", defaultControllerURL, "controller URL (needed to enrol; later starts remember it)")
+	f.StringSliceVar(&cfg.ControllerURLs, "controller-fallback", nil, "another controller of the same cluster to reconnect to when the stream drops (repeatable; later starts remember them)")
 	f.StringVar(&cfg.Token, "token", "", "one-time enrolment token (first start only)")
+	f.StringVar(&tokenFile, "token-file", "", "file holding the one-time enrolment token (first start only; a missing file is fine once enrolled)")
 	f.StringVar(&cfg.CAFingerprint, "ca-fingerprint", "", "controller CA fingerprint, sha256:… (printed by keyhole controller)")
 	f.StringVar(&cfg.DataDir, "data", defaultDataDir("gateway"), "data directory (identity, WireGuard key)")
 	f.StringVar(&cfg.Name, "name", "", "gateway name (default: host name)")

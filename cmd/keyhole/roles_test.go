@@ -90,8 +90,13 @@ func TestZeroConfigOnOneMachine(t *testing.T) {
 	// admin finds the local controller's token and CA fingerprint.
 	mustRun(t, "", "admin", "gateway-group", "add", "site", "--controller", url)
 	tok := strings.TrimSpace(mustRun(t, "", "admin", "gateway", "token", "--group", "site", "--controller", url))
-	// So does the gateway (fingerprint) on its first start.
-	gw := start(t, "gateway", "--controller", url, "--token", tok, "--name", "gw1")
+	// So does the gateway (fingerprint) on its first start; the token
+	// comes from a file, as a Kubernetes secret gives it.
+	tokFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokFile, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gw := start(t, "gateway", "--controller", url, "--token-file", tokFile, "--name", "gw1")
 	waitFor(t, 20*time.Second, func() string {
 		if code, done := gw.exited(); done {
 			t.Fatalf("gateway exited %d: %s", code, gw.err)

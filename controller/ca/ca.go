@@ -45,18 +45,26 @@ type Config struct {
 	Dir   string   // data directory; ca.crt, ca.key, server.crt, server.key
 	Names []string // DNS names and IP addresses of the controller
 	ID    string   // controller ID for its identity URI
+	// CADir, when set, holds ca.crt and ca.key instead of Dir: controllers
+	// of one cluster share their CA this way, while each keeps its own
+	// server certificate in Dir.
+	CADir string
 	Now   func() time.Time
 }
 
 // LoadOrCreate loads the CA from cfg.Dir or creates it. created is true on
 // first start. The server certificate is re-issued when it is missing,
-// expiring within 30 days, or lacks one of cfg.Names.
+// expiring within 30 days, or lacks one of cfg.Names or cfg.ID's identity.
 func LoadOrCreate(cfg Config) (c *CA, created bool, err error) {
 	now := time.Now
 	if cfg.Now != nil {
 		now = cfg.Now
 	}
-	keyPath, certPath := filepath.Join(cfg.Dir, "ca.key"), filepath.Join(cfg.Dir, "ca.crt")
+	caDir := cfg.Dir
+	if cfg.CADir != "" {
+		caDir = cfg.CADir
+	}
+	keyPath, certPath := filepath.Join(caDir, "ca.key"), filepath.Join(caDir, "ca.crt")
 	c = &CA{}
 	kb, err := os.ReadFile(keyPath)
 	switch {
@@ -129,7 +137,7 @@ func (c *CA) loadOrIssueServer(cfg Config, now time.Time) error {
 		if cb, err := os.ReadFile(certPath); err == nil {
 			k, kerr := trust.ParseKeyPEM(kb)
 			cert, cerr := trust.ParseCertPEM(string(cb))
-			if kerr == nil && cerr == nil && trust.SameKey(cert, k) && serverCertFits(cert, c.pool, cfg.Names, now) {
+			if kerr == nil && cerr == nil && trust.SameKey(cert, k) && serverCertFits(cert, c.pool, cfg.Names, cfg.ID, now) {
 				c.server = tls.Certificate{Certificate: [][]byte{cert.Raw, c.cert.Raw}, PrivateKey: k, Leaf: cert}
 				return nil
 			}
@@ -180,9 +188,15 @@ func (c *CA) loadOrIssueServer(cfg Config, now time.Time) error {
 	return nil
 }
 
-func serverCertFits(cert *x509.Certificate, pool *x509.CertPool, names []string, now time.Time) bool {
+func serverCertFits(cert *x509.Certificate, pool *x509.CertPool, names []string, id string, now time.Time) bool {
 	if now.Add(30 * 24 * time.Hour).After(cert.NotAfter) {
 		return false
+	}
+	if id != "" {
+		want := trust.IdentityURI(trust.KindController, id).String()
+		if !slices.ContainsFunc(cert.URIs, func(u *url.URL) bool { return u.String() == want }) {
+			return false
+		}
 	}
 	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
 		return false

@@ -154,8 +154,16 @@ type Bench struct {
 	dir  string
 }
 
-// NewBench starts the benchmark system in a temporary directory.
+// NewBench starts the benchmark system in a temporary directory, on the
+// default store (SQLite).
 func NewBench(ctx context.Context, log *slog.Logger) (*Bench, error) {
+	return NewBenchOn(ctx, log, "")
+}
+
+// NewBenchOn starts the benchmark system with the controller's store at
+// storeURL (see controller.Config.StoreURL; "" is SQLite in the
+// temporary directory).
+func NewBenchOn(ctx context.Context, log *slog.Logger, storeURL string) (*Bench, error) {
 	dir, err := os.MkdirTemp("", "keyhole-bench-")
 	if err != nil {
 		return nil, err
@@ -167,7 +175,7 @@ func NewBench(ctx context.Context, log *slog.Logger) (*Bench, error) {
 			b.Close()
 		}
 	}()
-	if b.Box, err = Start(ctx, Config{Dir: dir, Logger: log, FastPasswords: true}); err != nil {
+	if b.Box, err = Start(ctx, Config{Dir: dir, Logger: log, FastPasswords: true, StoreURL: storeURL}); err != nil {
 		return nil, err
 	}
 	if b.Sink, err = StartEcho(true); err != nil {

@@ -44,6 +44,12 @@ type Config struct {
 	// PostureInterval overrides how often clients collect their posture
 	// (the controller default, 1m).
 	PostureInterval time.Duration
+	// GatewayGrace overrides how long a gateway that lost its stream may
+	// take to come back before its grants move (the controller default).
+	GatewayGrace time.Duration
+	// StoreURL is the controller's database (controller.Config.StoreURL;
+	// "": SQLite in Dir).
+	StoreURL string
 }
 
 // Box is a running system. Close stops everything it started.
@@ -89,6 +95,8 @@ func Start(ctx context.Context, cfg Config) (*Box, error) {
 		RelayListen:     "127.0.0.1:0",
 		GrantLifetime:   cfg.GrantLifetime,
 		PostureInterval: cfg.PostureInterval,
+		GatewayGrace:    cfg.GatewayGrace,
+		StoreURL:        cfg.StoreURL,
 		Logger:          cfg.Logger.With("role", "controller"),
 		Now:             cfg.Now,
 	}
@@ -172,6 +180,8 @@ type GatewayOptions struct {
 	Hosts map[string]netip.Addr
 	// MaxBackoff for reconnects (tests use a short one).
 	MaxBackoff time.Duration
+	// PeerIdle is gateway.Config.PeerIdle (tests use a short one).
+	PeerIdle time.Duration
 }
 
 // AddGateway enrols (unless opts.Dir is already enrolled) and starts a
@@ -179,7 +189,7 @@ type GatewayOptions struct {
 func (b *Box) AddGateway(ctx context.Context, opts GatewayOptions) (*Gateway, error) {
 	cfg := gateway.Config{
 		ControllerURL: b.URL, CAFingerprint: b.Fingerprint, DataDir: opts.Dir, Name: opts.Name,
-		Hosts: opts.Hosts, MaxBackoff: opts.MaxBackoff, FlowInterval: 200 * time.Millisecond,
+		Hosts: opts.Hosts, MaxBackoff: opts.MaxBackoff, FlowInterval: 200 * time.Millisecond, PeerIdle: opts.PeerIdle,
 		Logger: b.cfg.Logger.With("role", "gateway", "name", opts.Name),
 	}
 	if cfg.DataDir == "" {

@@ -55,6 +55,8 @@ const password = "correct horse battery"
 type fixtureOpts struct {
 	lifetime        time.Duration
 	postureInterval time.Duration
+	gatewayGrace    time.Duration
+	peerIdle        time.Duration // the gateway's lazy peer idle time
 }
 
 func newFixture(t *testing.T, o fixtureOpts) *fixture {
@@ -66,7 +68,7 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 		w = io.MultiWriter(f.logBuf, os.Stderr)
 	}
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	box, err := Start(ctx, Config{Dir: t.TempDir(), Logger: log, FastPasswords: true, GrantLifetime: o.lifetime, PostureInterval: o.postureInterval})
+	box, err := Start(ctx, Config{Dir: t.TempDir(), Logger: log, FastPasswords: true, GrantLifetime: o.lifetime, PostureInterval: o.postureInterval, GatewayGrace: o.gatewayGrace})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +97,7 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 		Ports: []api.PortRange{{Proto: "tcp", First: f.echo.Port(), Last: f.echo.Port()}, {Proto: "udp", First: f.echo.Port(), Last: f.echo.Port()}},
 	}))
 	noErr(t)(a.AddPolicy(ctx, api.PolicyRuleCreate{Action: api.Allow, Groups: []string{"eng"}, Apps: []string{"wiki", "echo"}}))
-	f.gw, err = box.AddGateway(ctx, GatewayOptions{Group: "site", Name: "gw1", MaxBackoff: 500 * time.Millisecond, Hosts: map[string]netip.Addr{
+	f.gw, err = box.AddGateway(ctx, GatewayOptions{Group: "site", Name: "gw1", MaxBackoff: 500 * time.Millisecond, PeerIdle: o.peerIdle, Hosts: map[string]netip.Addr{
 		"wiki.corp.internal": Loopback, "echo.corp.internal": Loopback,
 	}})
 	if err != nil {
