@@ -279,6 +279,9 @@ func (c *Client) Grant(ctx context.Context, dest, proto string, port uint16) (ap
 		var resp api.GrantResponse
 		req := api.GrantRequest{App: dest, Proto: proto, Port: port, Candidates: apiCandidates(c.candidates()), Posture: c.posture(ctx)}
 		err := c.sess.api.Do(ctx, "POST", "/v1/grants", req, &resp)
+		if c.failover(err) {
+			err = c.sess.api.Do(ctx, "POST", "/v1/grants", req, &resp)
+		}
 		if apiclient.IsCode(err, api.CodePostureRefused) {
 			// A report the loop replaced meanwhile is older than the
 			// controller's latest: collect a new one and try once more.
@@ -486,8 +489,10 @@ func (c *Client) renewDue(ctx context.Context) {
 			c.log.Warn("grant not renewed; access ends", "grant_id", id, "reason", ae.Message)
 			c.drop(id, ae.Message)
 		default:
-			// Controller unreachable: keep the grant until NotAfter and retry.
+			// Controller unreachable: keep the grant until NotAfter and
+			// retry, through the next controller if there is one.
 			c.log.Warn("grant renewal failed; retrying", "grant_id", id, "err", err)
+			c.failover(err)
 		}
 	}
 }

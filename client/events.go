@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"time"
 
@@ -43,17 +44,22 @@ func (c *Client) eventLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		if !kicked && c.failover(err) {
+			wait = time.Second // a fresh controller: no reason to back off
+		}
 		if time.Since(start) > time.Minute || kicked {
 			wait = time.Second
 		}
 		if kicked {
 			continue
 		}
-		c.log.Debug("event stream down; reconnecting", "err", err, "retry_in", wait)
+		// Jitter spreads the reconnects of many clients after an outage.
+		sleep := wait/2 + rand.N(wait/2+1)
+		c.log.Debug("event stream down; reconnecting", "err", err, "retry_in", sleep)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(wait):
+		case <-time.After(sleep):
 		}
 		wait = min(2*wait, eventsRetryMax)
 	}

@@ -26,9 +26,11 @@ import (
 // password login, with a session and the device certificate.
 type OIDCLoginConfig struct {
 	ControllerURL string
-	CAFingerprint string
-	DeviceName    string
-	DataDir       string
+	// ControllerFallbacks: see LoginConfig.
+	ControllerFallbacks []string
+	CAFingerprint       string
+	DeviceName          string
+	DataDir             string
 	// Browser selects the authorization code flow with PKCE and a loopback
 	// redirect (RFC 8252); otherwise the device authorization grant
 	// (RFC 8628) is used.
@@ -92,7 +94,7 @@ func newLoginKeys(ctx context.Context, controllerURL, fingerprint, dir, deviceNa
 }
 
 // save stores the device identity and session of a successful login in dir.
-func (lk *loginKeys) save(controllerURL, dir string, resp api.LoginResponse) (*Profile, error) {
+func (lk *loginKeys) save(controllerURL string, fallbacks []string, dir string, resp api.LoginResponse) (*Profile, error) {
 	cert, err := trust.ParseCertPEM(resp.Certificate)
 	if err != nil {
 		return nil, err
@@ -107,7 +109,7 @@ func (lk *loginKeys) save(controllerURL, dir string, resp api.LoginResponse) (*P
 	if err := trust.WriteSecret(filepath.Join(dir, fileSession), []byte(resp.Session+"\n")); err != nil {
 		return nil, err
 	}
-	p := &Profile{ControllerURL: controllerURL, User: resp.User, DeviceID: resp.DeviceID, OverlayIP: resp.OverlayIP, SessionExpiresAt: resp.SessionExpiresAt, STUN: resp.STUN}
+	p := &Profile{ControllerURL: controllerURL, ControllerFallbacks: fallbacks, User: resp.User, DeviceID: resp.DeviceID, OverlayIP: resp.OverlayIP, SessionExpiresAt: resp.SessionExpiresAt, STUN: resp.STUN}
 	b, _ := json.MarshalIndent(p, "", "  ")
 	if err := trust.WriteSecret(filepath.Join(dir, fileProfile), b); err != nil {
 		return nil, err
@@ -136,7 +138,7 @@ func LoginOIDC(ctx context.Context, cfg OIDCLoginConfig) (*Profile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("login: %w", err)
 	}
-	p, err := lk.save(cfg.ControllerURL, cfg.DataDir, resp)
+	p, err := lk.save(cfg.ControllerURL, cfg.ControllerFallbacks, cfg.DataDir, resp)
 	if err != nil {
 		return nil, fmt.Errorf("login: %w", err)
 	}

@@ -29,11 +29,14 @@ var ErrNotLoggedIn = errors.New("not logged in; run keyhole login")
 // Profile is what a logged-in device keeps in its data directory. The
 // session token lives in its own 0600 file, not here.
 type Profile struct {
-	ControllerURL    string       `json:"controller_url"`
-	User             string       `json:"user"`
-	DeviceID         api.DeviceID `json:"device_id"`
-	OverlayIP        netip.Addr   `json:"overlay_ip"`
-	SessionExpiresAt time.Time    `json:"session_expires_at"`
+	ControllerURL string `json:"controller_url"`
+	// ControllerFallbacks are other controllers of the same cluster the
+	// client moves to, in turn, when the one it talks to is unreachable.
+	ControllerFallbacks []string     `json:"controller_fallbacks,omitempty"`
+	User                string       `json:"user"`
+	DeviceID            api.DeviceID `json:"device_id"`
+	OverlayIP           netip.Addr   `json:"overlay_ip"`
+	SessionExpiresAt    time.Time    `json:"session_expires_at"`
 	// STUN is the controller's STUN server (zero: none).
 	STUN netip.AddrPort `json:"stun,omitzero"`
 }
@@ -55,11 +58,14 @@ func DefaultDataDir() string {
 // LoginConfig is what keyhole login needs.
 type LoginConfig struct {
 	ControllerURL string
-	CAFingerprint string
-	User          string
-	Password      string
-	DeviceName    string
-	DataDir       string
+	// ControllerFallbacks are other controllers of the same cluster (same
+	// CA), remembered for failover (Profile.ControllerFallbacks).
+	ControllerFallbacks []string
+	CAFingerprint       string
+	User                string
+	Password            string
+	DeviceName          string
+	DataDir             string
 	// MFACode is the second factor for a user with MFA: a TOTP code or a
 	// recovery code. When it is empty and the controller asks for one
 	// (mfa_required), PromptMFA, if set, is called for it and the login
@@ -96,7 +102,7 @@ func Login(ctx context.Context, cfg LoginConfig) (*Profile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("login: %w", err)
 	}
-	p, err := lk.save(cfg.ControllerURL, cfg.DataDir, resp)
+	p, err := lk.save(cfg.ControllerURL, cfg.ControllerFallbacks, cfg.DataDir, resp)
 	if err != nil {
 		return nil, fmt.Errorf("login: %w", err)
 	}
@@ -173,7 +179,7 @@ func loadSession(dir string) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := apiclient.New(apiclient.Config{URL: p.ControllerURL, Credentials: creds, Bearer: strings.TrimSpace(string(tb))})
+	c, err := apiclient.New(apiclient.Config{URL: p.ControllerURL, FallbackURLs: p.ControllerFallbacks, Credentials: creds, Bearer: strings.TrimSpace(string(tb))})
 	if err != nil {
 		return nil, err
 	}

@@ -204,6 +204,7 @@ func (c *Client) postureLoop(ctx context.Context) {
 				c.log.Warn("the controller refused this device's posture report", "reason", ae.Message)
 			case ctx.Err() == nil:
 				c.log.Debug("posture report not delivered; retrying next interval", "err", err)
+				c.failover(err)
 			}
 		}
 		select {

@@ -56,6 +56,7 @@ func (c *cli) loginCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.ControllerURL, "controller", defaultControllerURL, "controller URL")
+	f.StringSliceVar(&cfg.ControllerFallbacks, "controller-fallback", nil, "another controller of the same cluster to use when this one is unreachable (repeatable; remembered)")
 	f.StringVar(&cfg.CAFingerprint, "ca-fingerprint", "", "controller CA fingerprint, sha256:… (printed by keyhole controller)")
 	f.StringVar(&cfg.User, "user", "", "user name")
 	sso.register(f)

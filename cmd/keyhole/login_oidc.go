@@ -35,7 +35,7 @@ func (c *cli) loginOIDC(cmd *cobra.Command, lc client.LoginConfig, o oidcLoginFl
 		return errors.New("give --ca-fingerprint sha256:… (keyhole controller prints it on start) or set KEYHOLE_CA_FINGERPRINT")
 	}
 	cfg := client.OIDCLoginConfig{
-		ControllerURL: lc.ControllerURL, CAFingerprint: lc.CAFingerprint, DeviceName: lc.DeviceName, DataDir: lc.DataDir,
+		ControllerURL: lc.ControllerURL, ControllerFallbacks: lc.ControllerFallbacks, CAFingerprint: lc.CAFingerprint, DeviceName: lc.DeviceName, DataDir: lc.DataDir,
 		Browser: o.browser,
 		ShowDevice: func(s api.OIDCDeviceStart) {
 			fmt.Fprintf(c.stderr, "To sign in, open %s and enter the code %s\n", s.VerificationURI, s.UserCode)
