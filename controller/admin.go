@@ -2,6 +2,7 @@ package controller
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -447,6 +448,35 @@ func (c *Controller) handleDeviceList(w http.ResponseWriter, r *http.Request, _ 
 		return err
 	}
 	writeJSON(w, http.StatusOK, ds)
+	return nil
+}
+
+// handleDeviceDelete serves DELETE /v1/devices/{id}: the device's grants
+// are revoked at once (exports it made included), its sessions end, its
+// event streams close, and it must enrol again to come back.
+func (c *Controller) handleDeviceDelete(w http.ResponseWriter, r *http.Request, a adminCaller) error {
+	id := api.DeviceID(r.PathValue("id"))
+	d, err := c.store.Device(r.Context(), id)
+	if err != nil {
+		return storeErr("device "+string(id), err)
+	}
+	live, err := c.store.LiveGrants(r.Context(), c.now(), "", id)
+	if err != nil {
+		return err
+	}
+	ids := make([]api.GrantID, len(live))
+	for i, g := range live {
+		ids[i] = g.ID
+	}
+	if _, err := c.revoke(r.Context(), ids, "device "+string(id)+" removed", a.actor()); err != nil {
+		return err
+	}
+	if err := c.store.DeleteDevice(r.Context(), id); err != nil {
+		return storeErr("device "+string(id), err)
+	}
+	c.devices.closeDevice(id)
+	c.adminAudit(r, a, "admin.device.remove", api.AuditEvent{DeviceID: id, User: d.User, Reason: fmt.Sprintf("device %s (%s) removed; %d grants revoked", id, d.Name, len(ids))})
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

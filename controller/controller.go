@@ -483,6 +483,7 @@ func (c *Controller) routes() http.Handler {
 	h("DELETE /v1/posture/{name}", c.admin(c.handlePostureDelete))
 	h("GET /v1/devices", c.admin(c.handleDeviceList))
 	h("PATCH /v1/devices/{id}", c.admin(c.handleDeviceUpdate))
+	h("DELETE /v1/devices/{id}", c.admin(c.handleDeviceDelete))
 	h("GET /v1/grants", c.admin(c.handleGrantList))
 	h("GET /v1/audit", c.admin(c.handleAuditList))
 	h("GET /v1/flows", c.admin(c.handleFlowList))

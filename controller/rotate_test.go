@@ -136,3 +136,43 @@ func TestSessionBoundsGrants(t *testing.T) {
 		t.Fatalf("new grant after the session ended: %v", err)
 	}
 }
+
+// TestDeviceRemove: removing a device revokes its grants at once (the
+// gateway drops them), ends its session and its event stream, and it is
+// gone from the list; a second removal is 404.
+func TestDeviceRemove(t *testing.T) {
+	e := newTestEnv(t, Config{}, 100*time.Millisecond)
+	gw := e.setupCorp()
+	ctx := context.Background()
+	d := e.login("alice")
+	events := d.events()
+	events.next(t, 2*time.Second) // hello
+	g := d.mustGrant("wiki.corp.internal")
+	if err := e.admin.RemoveDevice(ctx, d.id); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := gw.Table().Lookup(g.Grant.ID); ok {
+		t.Error("the gateway still holds the removed device's grant")
+	}
+	evs := events.waitEnd(t, 2*time.Second)
+	if len(evs) == 0 || evs[0].Type != api.DeviceEventGrantRevoked {
+		t.Errorf("events before the stream ended: %+v", evs)
+	}
+	if _, err := d.grant("wiki.corp.internal"); !apiclient.IsCode(err, api.CodeUnauthorized) {
+		t.Errorf("grant request of a removed device: %v; want unauthorized", err)
+	}
+	devs, err := e.admin.Devices(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dv := range devs {
+		if dv.ID == d.id {
+			t.Error("removed device still listed")
+		}
+	}
+	wantCode(t, "second removal", e.admin.RemoveDevice(ctx, d.id), api.CodeNotFound)
+	audit, err := e.admin.Audit(ctx, apiclient.AuditFilter{Type: "admin.device.remove"})
+	if err != nil || len(audit) != 1 || audit[0].DeviceID != d.id {
+		t.Errorf("audit: %+v, %v", audit, err)
+	}
+}

@@ -698,7 +698,16 @@ func adminDeviceCmd(o *adminOpts) *cobra.Command {
 		RunE: update(api.DeviceUpdate{Approved: &yes}, "Approved device %s (%s)")}
 	unapprove := &cobra.Command{Use: "unapprove ID", Short: "Withdraw a device's approval (revokes the grants that need it)", Args: cobra.ExactArgs(1),
 		RunE: update(api.DeviceUpdate{Approved: &no}, "Withdrew the approval of device %s (%s); grants that need an approved device are revoked")}
-	cmd.AddCommand(ls, disable, enable, approve, unapprove)
+	rm := &cobra.Command{Use: "rm ID", Short: "Remove a device: its grants are revoked at once, its sessions end; it must log in again to enrol anew", Args: cobra.ExactArgs(1),
+		RunE: o.run(func(ctx context.Context, a *apiclient.Admin, args []string) error {
+			if err := a.RemoveDevice(ctx, api.DeviceID(args[0])); err != nil {
+				return err
+			}
+			return o.print(map[string]string{"removed": args[0]}, func(w io.Writer) {
+				fmt.Fprintf(w, "Removed device %s; its grants are revoked\n", args[0])
+			})
+		})}
+	cmd.AddCommand(ls, disable, enable, approve, unapprove, rm)
 	return cmd
 }
 

@@ -250,6 +250,10 @@ type Store interface {
 	// UpdateDevice replaces Name, WGPublicKey, KeyPin, Disabled, Approved
 	// and LastSeen.
 	UpdateDevice(ctx context.Context, d Device) error
+	// DeleteDevice removes the device and its sessions (ErrNotFound when
+	// there is none); its grants stay, as the record of access given, and
+	// its overlay address stays reserved to it.
+	DeleteDevice(ctx context.Context, id api.DeviceID) error
 	// SetDevicePosture stores p as the device's latest posture report,
 	// accepted at at (Device.Posture, Device.PostureAt). It fails with
 	// ErrConflict when the stored report was collected after p (an old

@@ -133,6 +133,12 @@ func (a *Admin) RemovePolicy(ctx context.Context, id api.RuleID) error {
 	return a.c.Do(ctx, "DELETE", "/v1/policies/"+url.PathEscape(string(id)), nil, nil)
 }
 
+// RemoveDevice removes a device: its grants are revoked, its sessions
+// end, and it must enrol again.
+func (a *Admin) RemoveDevice(ctx context.Context, id api.DeviceID) error {
+	return a.c.Do(ctx, "DELETE", "/v1/devices/"+url.PathEscape(string(id)), nil, nil)
+}
+
 // AddPostureProfile creates a posture profile.
 func (a *Admin) AddPostureProfile(ctx context.Context, p api.PostureProfile) (api.PostureProfile, error) {
 	var out api.PostureProfile

@@ -97,6 +97,15 @@ func (s *Store) UpdateDevice(ctx context.Context, d store.Device) error {
 	return nil
 }
 
+// DeleteDevice implements store.Store; sessions go with the device (ON
+// DELETE CASCADE).
+func (s *Store) DeleteDevice(ctx context.Context, id api.DeviceID) error {
+	if err := mustAffect(s.pool.Exec(ctx, `DELETE FROM devices WHERE id = $1`, string(id))); err != nil {
+		return fmt.Errorf("delete device %s: %w", id, err)
+	}
+	return nil
+}
+
 // CreateSession implements store.Store; the device must exist.
 func (s *Store) CreateSession(ctx context.Context, ss store.Session) error {
 	_, err := s.pool.Exec(ctx, `INSERT INTO sessions (hash, device_id, user_name, created_at, expires_at, mfa_at) VALUES ($1, $2, $3, $4, $5, $6)`,

@@ -112,6 +112,18 @@ func (s *Store) UpdateDevice(ctx context.Context, d store.Device) error {
 	return nil
 }
 
+// DeleteDevice implements store.Store; sessions go with the device (ON
+// DELETE CASCADE).
+func (s *Store) DeleteDevice(ctx context.Context, id api.DeviceID) error {
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		return mustAffect(tx.ExecContext(ctx, `DELETE FROM devices WHERE id = ?`, string(id)))
+	})
+	if err != nil {
+		return fmt.Errorf("delete device %s: %w", id, err)
+	}
+	return nil
+}
+
 // SetDevicePosture implements store.Store.
 func (s *Store) SetDevicePosture(ctx context.Context, id api.DeviceID, p api.Posture, at time.Time) error {
 	body, err := dbJSON(p)

@@ -87,6 +87,26 @@ func testDevicePosture(t *testing.T, s store.Store) {
 	wantErr(t, "unknown device", s.SetDevicePosture(ctx, "dev_nope", p, at), store.ErrNotFound)
 }
 
+// testDeleteDevice: a removed device and its sessions are gone, its
+// grants stay as records, and removing it again is ErrNotFound.
+func testDeleteDevice(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	seed(t, s)
+	dev := mustDevice(t, s, "alice", "laptop")
+	gw := mustGateway(t, s, "site-a", "gw1")
+	mustOK(t, s.CreateSession(ctx, store.Session{Hash: "h1", DeviceID: dev.ID, User: "alice", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)}))
+	g := grantFixture(t, "grt_rm", dev, gw.ID, t0.Add(time.Hour))
+	mustOK(t, s.CreateGrant(ctx, g, allowEvent(g.ID)))
+	mustOK(t, s.DeleteDevice(ctx, dev.ID))
+	_, err := s.Device(ctx, dev.ID)
+	wantErr(t, "removed device", err, store.ErrNotFound)
+	_, err = s.Session(ctx, "h1")
+	wantErr(t, "its session", err, store.ErrNotFound)
+	_, err = s.Grant(ctx, g.ID)
+	mustOK(t, err)
+	wantErr(t, "removing again", s.DeleteDevice(ctx, dev.ID), store.ErrNotFound)
+}
+
 // testRekeyGrants: a key rotation changes the client key of the device's
 // live grants only: not its exports, not its revoked or expired grants,
 // not other devices' grants.

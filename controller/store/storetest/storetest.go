@@ -63,6 +63,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Devices", testDevices},
 		{"DeviceApproval", testDeviceApproval},
 		{"DevicePosture", testDevicePosture},
+		{"DeleteDevice", testDeleteDevice},
 		{"PostureProfiles", testPostureProfiles},
 		{"Sessions", testSessions},
 		{"SessionMFAAt", testSessionMFAAt},
