@@ -18,6 +18,7 @@ func (c *cli) benchCmd() *cobra.Command {
 		firstByte          int
 		devices, apps, num int
 		workers            int
+		tunnels, tunnelMiB int
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -59,6 +60,11 @@ measures, in one run:
 				best = max(best, r)
 				fmt.Fprintf(out, "  run %d: stock netstack↔netstack %7.0f Mbit/s   keyhole client→gateway→app %7.0f Mbit/s   %.2f× stock\n", i+1, s.Mbps(), o.Mbps(), r)
 			}
+			if tunnels > 0 {
+				if err := c.benchTunnels(cmd, b, cl, tunnels, int64(tunnelMiB)<<20); err != nil {
+					return err
+				}
+			}
 			lat, err := b.FirstByte(ctx, cl, firstByte)
 			if err != nil {
 				return fmt.Errorf("first byte: %w", err)
@@ -85,6 +91,8 @@ measures, in one run:
 	f.IntVar(&apps, "apps", 1000, "apps seeded into the store")
 	f.IntVar(&num, "grants", 3000, "grants issued for the rate figure")
 	f.IntVar(&workers, "workers", 16, "parallel devices requesting grants")
+	f.IntVar(&tunnels, "tunnels", 50, "client tunnels sending at once through the one gateway, for the aggregate figure (0: skip)")
+	f.IntVar(&tunnelMiB, "tunnel-size", 32, "MiB each of --tunnels sends")
 	argumentsOnly(cmd)
 	cmd.AddCommand(c.benchControlCmd())
 	return cmd
@@ -136,6 +144,31 @@ apps and grants), and prints both.`,
 	f.IntVar(&workers, "workers", 16, "parallel devices requesting grants")
 	argumentsOnly(cmd)
 	return cmd
+}
+
+// benchTunnels prints the aggregate throughput of n clients, each with
+// its own tunnel and one TCP stream, through the one gateway, next to one
+// stream of one client in the same run.
+func (c *cli) benchTunnels(cmd *cobra.Command, b *onebox.Bench, one *onebox.Client, n int, size int64) error {
+	ctx := cmd.Context()
+	single, err := b.TunnelThroughput(ctx, one, size)
+	if err != nil {
+		return fmt.Errorf("one tunnel: %w", err)
+	}
+	clients := make([]*onebox.Client, n)
+	for i := range clients {
+		if clients[i], err = b.Client(ctx); err != nil {
+			return fmt.Errorf("client %d: %w", i, err)
+		}
+		defer clients[i].Stop()
+	}
+	agg, err := b.ParallelThroughput(ctx, clients, size)
+	if err != nil {
+		return fmt.Errorf("%d tunnels: %w", n, err)
+	}
+	fmt.Fprintf(c.stdout, "Aggregate through one gateway, %d client tunnels × %d MiB at once: %.0f Mbit/s (one tunnel alone: %.0f Mbit/s, %.2f×)\n",
+		n, size>>20, agg.Mbps(), single.Mbps(), agg.Mbps()/single.Mbps())
+	return nil
 }
 
 // benchGrants runs one grant issue measurement on the store at url.

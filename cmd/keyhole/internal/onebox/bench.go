@@ -251,6 +251,39 @@ func (b *Bench) TunnelThroughput(ctx context.Context, c *Client, size int64) (Th
 	return sendAll(conn, size)
 }
 
+// ParallelThroughput sends size bytes from each of clients at once, one
+// TCP stream each, through the one gateway: the aggregate is the bytes of
+// all over the time from the first start to the last finish.
+func (b *Bench) ParallelThroughput(ctx context.Context, clients []*Client, size int64) (Throughput, error) {
+	conns := make([]net.Conn, len(clients))
+	for i, c := range clients {
+		conn, err := c.Dial(ctx, "tcp", "sink.corp.internal", b.Sink.Port())
+		if err != nil {
+			for _, o := range conns[:i] {
+				o.Close()
+			}
+			return Throughput{}, fmt.Errorf("client %d: %w", i, err)
+		}
+		conns[i] = conn
+	}
+	errs := make([]error, len(conns))
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i, conn := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer conn.Close()
+			_, errs[i] = sendAll(conn, size)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return Throughput{}, err
+	}
+	return Throughput{Bytes: size * int64(len(conns)), Duration: time.Since(start)}, nil
+}
+
 // Latencies are sorted durations.
 type Latencies []time.Duration
 

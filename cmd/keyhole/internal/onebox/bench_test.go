@@ -105,6 +105,18 @@ func TestBenchHarnessSmoke(t *testing.T) {
 	if tp, err := StockThroughput(ctx, 4<<20); err != nil || tp.Bytes != 4<<20 {
 		t.Fatalf("stock: %v %v", tp, err)
 	}
+	var many []*Client
+	for range 3 {
+		o, err := bench.Client(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer o.Stop()
+		many = append(many, o)
+	}
+	if tp, err := bench.ParallelThroughput(ctx, many, 1<<20); err != nil || tp.Bytes != 3<<20 {
+		t.Fatalf("parallel: %v %v", tp, err)
+	}
 	if lat, err := bench.FirstByte(ctx, c, 3); err != nil || len(lat) != 3 {
 		t.Fatalf("first byte: %v %v", lat, err)
 	}
@@ -129,16 +141,19 @@ func TestBenchHarnessSmoke(t *testing.T) {
 
 // BenchmarkIdlePeerMemory reports the gateway's heap per idle client peer
 // (issue 6 target: under 20 KiB for 10,000 clients) and per active one
-// (1,000 of them, with a wireguard-go peer), and the CPU they cost idle.
+// (1,000 of them, with a wireguard-go peer), and the CPU they cost idle
+// and under a churn of 1,000 grants a second.
 func BenchmarkIdlePeerMemory(b *testing.B) {
 	for range b.N {
-		f, err := PeerMemory(10000, 1000, time.Second)
+		f, err := PeerMemoryChurn(10000, 1000, time.Second, 3*time.Second)
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.ReportMetric(f.BytesPerPeer, "B/idle-peer")
 		b.ReportMetric(f.BytesPerActivePeer, "B/active-peer")
 		b.ReportMetric(f.IdleCPU*100, "%cpu-idle")
+		b.ReportMetric(f.ChurnCPU*100, "%cpu-churn")
+		b.ReportMetric(f.ChurnRate, "churn/s")
 		b.ReportMetric(f.GrantRate, "grants/s")
 		b.ReportMetric(f.AddRate, "peers/s")
 	}
@@ -146,11 +161,11 @@ func BenchmarkIdlePeerMemory(b *testing.B) {
 
 // TestPeerMemorySmoke keeps the measurement working (small, fast).
 func TestPeerMemorySmoke(t *testing.T) {
-	f, err := PeerMemory(200, 20, 10*time.Millisecond)
+	f, err := PeerMemoryChurn(200, 20, 10*time.Millisecond, 50*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.BytesPerPeer <= 0 || f.BytesPerActivePeer <= 0 || f.AddRate <= 0 || f.GrantRate <= 0 {
+	if f.BytesPerPeer <= 0 || f.BytesPerActivePeer <= 0 || f.AddRate <= 0 || f.GrantRate <= 0 || f.ChurnRate <= 0 {
 		t.Fatalf("figures %+v", f)
 	}
 }

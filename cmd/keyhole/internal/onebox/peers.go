@@ -30,6 +30,10 @@ type PeerFigures struct {
 	// IdleCPU is the process's CPU time per second of wall time with the
 	// grants and active peers configured and no traffic (1.0 = one core).
 	IdleCPU float64
+	// ChurnCPU is the same while grants come and go at ChurnRate a
+	// second (each a new grant for a client and the removal of an old
+	// one, applied as the gateway applies pushed grants and revocations).
+	ChurnCPU, ChurnRate float64
 	// GrantRate is grants added to the table per second; AddRate is
 	// WireGuard peers configured per second (what a client's first
 	// handshake waits for).
@@ -44,6 +48,13 @@ type PeerFigures struct {
 // first handshake). It measures the heap per idle client, the heap per
 // active peer, and the CPU the whole costs over idle.
 func PeerMemory(n, active int, idle time.Duration) (PeerFigures, error) {
+	return PeerMemoryChurn(n, active, idle, 0)
+}
+
+// PeerMemoryChurn is PeerMemory, then churnFor of 1,000 grants a second
+// (new grants for the clients, the same number of old ones removed) to
+// measure the CPU that costs (PeerFigures.ChurnCPU).
+func PeerMemoryChurn(n, active int, idle, churnFor time.Duration) (PeerFigures, error) {
 	if active > n || active < 0 {
 		return PeerFigures{}, fmt.Errorf("peer memory: %d active peers of %d", active, n)
 	}
@@ -119,12 +130,41 @@ func PeerMemory(n, active int, idle time.Duration) (PeerFigures, error) {
 	cpu0, wall0 := processCPU(), time.Now()
 	time.Sleep(idle)
 	idleCPU := (processCPU() - cpu0).Seconds() / time.Since(wall0).Seconds()
+	var churnCPU, churnRate float64
+	if churnFor > 0 && n > 0 {
+		const perTick, tick = 10, 10 * time.Millisecond // 1,000 a second
+		cpu0, wall0 := processCPU(), time.Now()
+		t := time.NewTicker(tick)
+		done := 0
+		for next := 0; time.Since(wall0) < churnFor; next++ {
+			<-t.C
+			for j := range perTick {
+				i := (next*perTick + j) % n
+				k := keys[i]
+				ip, _ := table.PeerAddr(k)
+				table.Upsert(api.GatewayGrant{
+					ID: api.GrantID(fmt.Sprintf("grt_churn_%d_%d", next, j)), ClientIP: ip, ClientWGKey: k, App: "wiki",
+					Targets:  []api.GrantTarget{{Prefix: netip.MustParsePrefix("100.96.0.1/32"), Host: "wiki.corp.internal"}},
+					Ports:    []api.PortRange{{Proto: "tcp", First: 443, Last: 443}},
+					NotAfter: time.Now().Add(time.Hour),
+				})
+				if next > 0 {
+					table.Remove(api.GrantID(fmt.Sprintf("grt_churn_%d_%d", next-1, j)))
+				}
+				done++
+			}
+		}
+		t.Stop()
+		wall := time.Since(wall0).Seconds()
+		churnCPU, churnRate = (processCPU()-cpu0).Seconds()/wall, float64(done)/wall
+	}
 	runtime.KeepAlive(table)
 	runtime.KeepAlive(activeSet)
 	f := PeerFigures{
 		Peers: n, Active: active,
 		BytesPerPeer: float64(int64(afterGrants)-int64(before)) / float64(max(n, 1)),
 		IdleCPU:      idleCPU, GrantRate: grantRate, AddRate: addRate,
+		ChurnCPU: churnCPU, ChurnRate: churnRate,
 	}
 	if active > 0 {
 		f.BytesPerActivePeer = float64(int64(afterPeers)-int64(afterGrants)) / float64(active)
