@@ -167,6 +167,30 @@ func TestCluster(t *testing.T) {
 	waitOwner(t, a, gw, b)
 	waitOwner(t, c, gw, b)
 
+	// A drain made on A reaches B, which holds the gateway's stream (its
+	// picker must stop choosing it), and C's view; and so does the undrain.
+	draining := func(e *testEnv) bool {
+		for _, cand := range e.c.hub.candidates("site", e.c.now()) {
+			if cand.gw.ID == gw.ID() {
+				return cand.draining
+			}
+		}
+		return false
+	}
+	for _, want := range []bool{true, false} {
+		if _, err := adm.UpdateGateway(ctx, gw.ID(), api.GatewayUpdate{Draining: &want}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 3*time.Second, func() error {
+			for _, e := range envs {
+				if draining(e) != want {
+					return fmt.Errorf("%s sees the gateway draining %v, want %v", e.c.ID(), !want, want)
+				}
+			}
+			return nil
+		})
+	}
+
 	// A grant issued on A, through the gateway held by B.
 	d := a.login("alice")
 	events := d.events()

@@ -49,6 +49,7 @@ const (
 	kindGrantPush      = "grant.push"      // push a grant to a gateway held elsewhere
 	kindGrantAck       = "grant.ack"       // the gateway took (or did not) a relayed push
 	kindCatalogChanged = "catalog.changed" // apps, policy or posture profiles changed
+	kindGatewayDrain   = "gateway.drain"   // an admin drained or undrained a gateway
 )
 
 // gatewayIDsPerEvent keeps gateway lists within cluster.MaxBodyBytes.
@@ -204,6 +205,26 @@ func (c *Controller) gatewayReachable(gw api.GatewayID) bool {
 // gatewayList is the body of gateway.up, gateway.here and gateway.down.
 type gatewayList struct {
 	IDs []api.GatewayID `json:"ids"`
+}
+
+// gatewayDrain is the body of gateway.drain.
+type gatewayDrain struct {
+	ID       api.GatewayID `json:"id"`
+	Draining bool          `json:"draining"`
+}
+
+// noteDraining records a gateway's drain state wherever this controller
+// keeps it: its own stream's view (the picker of the controller holding
+// the gateway must stop choosing it) and its view of other controllers'
+// gateways.
+func (c *Controller) noteDraining(id api.GatewayID, draining bool) {
+	c.hub.setDraining(id, draining)
+	c.peers.mu.Lock()
+	defer c.peers.mu.Unlock()
+	if g, ok := c.peers.gateways[id]; ok {
+		g.info.Draining = draining
+		c.peers.gateways[id] = g
+	}
 }
 
 // grantPush is the body of grant.push.
@@ -492,6 +513,11 @@ func (r *clusterRun) onEvent(ctx context.Context, ev cluster.Event) {
 				default:
 				}
 			}
+		}
+	case kindGatewayDrain:
+		var d gatewayDrain
+		if err = json.Unmarshal(ev.Body, &d); err == nil {
+			c.noteDraining(d.ID, d.Draining)
 		}
 	case kindCatalogChanged:
 		var n catalogNote

@@ -349,7 +349,11 @@ func (c *Controller) handleGatewayUpdate(w http.ResponseWriter, r *http.Request,
 	if err := c.store.SetGatewayDraining(r.Context(), id, *req.Draining); err != nil {
 		return storeErr("gateway "+string(id), err)
 	}
-	c.hub.setDraining(id, *req.Draining)
+	// Every controller must know: the one holding the gateway's stream
+	// picks it for new grants. One that misses the event reads the state
+	// from the store when the gateway's stream moves.
+	c.noteDraining(id, *req.Draining)
+	c.broadcast(kindGatewayDrain, gatewayDrain{ID: id, Draining: *req.Draining})
 	gw, err := c.store.Gateway(r.Context(), id)
 	if err != nil {
 		return storeErr("gateway "+string(id), err)
