@@ -194,6 +194,7 @@ func (c *Controller) handleDeviceEvents(w http.ResponseWriter, r *http.Request, 
 	defer c.log.Debug("device stream closed", "device_id", d.device.ID, "user", d.user.Name)
 	ping := time.NewTicker(c.pingInterval)
 	defer ping.Stop()
+	authFailed := false
 	for {
 		select {
 		case <-r.Context().Done():
@@ -212,7 +213,21 @@ func (c *Controller) handleDeviceEvents(w http.ResponseWriter, r *http.Request, 
 			}
 		case <-ping.C:
 			if _, err := c.authDevice(r); err != nil {
-				return nil
+				// The device or user was disabled or removed, or the
+				// session ended. Where that happened here, the handler
+				// revokes the grants, which queues their events, then
+				// closes this stream, and the done case sends them; give
+				// it until the next ping before ending on our own
+				// (a change made on another controller of a cluster).
+				if authFailed {
+					if evs := s.out.drain(); len(evs) > 0 {
+						out.timeout = lastWriteTimeout
+						_ = writeEvents(out, evs...)
+					}
+					return nil
+				}
+				authFailed = true
+				continue
 			}
 			if err := writeEvents(out, api.DeviceEvent{Type: api.DeviceEventPing, Time: c.now()}); err != nil {
 				return nil
