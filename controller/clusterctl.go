@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
@@ -706,14 +705,10 @@ func (c *Controller) resyncStream(ctx context.Context, s *gwStream) error {
 		return fmt.Errorf("re-sync %s: %w", s.info.ID, err)
 	}
 	ev := c.syncEvent(live)
-	sum := grantsDigest(ev.Grants)
-	s.mu.Lock()
-	if s.synced == sum || s.nextSeq != before {
-		s.mu.Unlock()
+	if !s.differs(ev.Grants, c.now()) {
 		return nil
 	}
-	s.mu.Unlock()
-	wait, err := s.enqueueIf(ev, before, sum)
+	wait, err := s.enqueueIf(ev, before)
 	if err != nil || wait == nil {
 		return err
 	}
@@ -738,28 +733,9 @@ func (c *Controller) syncEvent(live []store.Grant) api.StreamEvent {
 	return ev
 }
 
-// grantsDigest sums what a sync carries, so an unchanged set of live
-// grants costs one store read and no push.
-func grantsDigest(gs []api.GatewayGrant) [sha256.Size]byte {
-	gs = slices.Clone(gs)
-	slices.SortFunc(gs, func(a, b api.GatewayGrant) int { return strings.Compare(string(a.ID), string(b.ID)) })
-	h := sha256.New()
-	for _, g := range gs {
-		h.Write([]byte(g.ID))
-		h.Write([]byte{0})
-		h.Write([]byte(strconv.FormatInt(g.NotAfter.UnixNano(), 10)))
-		h.Write([]byte{0})
-		h.Write([]byte(g.ClientWGKey.String()))
-		h.Write([]byte{0})
-	}
-	var sum [sha256.Size]byte
-	h.Sum(sum[:0])
-	return sum
-}
-
-// enqueueIf queues ev (a sync whose grants sum to sum) unless anything was
-// queued since seq before; it returns nil, nil when it did not queue.
-func (s *gwStream) enqueueIf(ev api.StreamEvent, before uint64, sum [sha256.Size]byte) (<-chan struct{}, error) {
+// enqueueIf queues ev (a sync) unless anything was queued since seq
+// before; it returns nil, nil when it did not queue.
+func (s *gwStream) enqueueIf(ev api.StreamEvent, before uint64) (<-chan struct{}, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.nextSeq != before {
@@ -770,17 +746,10 @@ func (s *gwStream) enqueueIf(ev api.StreamEvent, before uint64, sum [sha256.Size
 		return nil, errStreamClosed
 	}
 	s.nextSeq++
-	s.synced = sum
+	s.trackLocked(ev)
 	ch := make(chan struct{})
 	s.waiters[ev.Seq] = ch
 	return ch, nil
-}
-
-// setSynced records the digest of the sync the stream opened with.
-func (s *gwStream) setSynced(sum [sha256.Size]byte) {
-	s.mu.Lock()
-	s.synced = sum
-	s.mu.Unlock()
 }
 
 // all returns the streams held here.

@@ -178,7 +178,7 @@ func (c *Controller) handleGatewayStream(w http.ResponseWriter, r *http.Request,
 	}
 	sync := c.syncEvent(live)
 	sync.Seq = 1
-	s.setSynced(grantsDigest(sync.Grants))
+	s.opened(sync)
 	c.hub.load.note(g.gateway.ID, sync)
 	w.Header().Set(api.HeaderStreamID, s.id)
 	out := startNDJSON(w)

@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/keyhole-net/keyhole/controller/store"
 	"github.com/keyhole-net/keyhole/internal/api"
+	"github.com/keyhole-net/keyhole/internal/key"
 )
 
 // errNotConnected means the gateway holds no control stream right now.
@@ -53,7 +53,68 @@ type gwStream struct {
 	nextSeq uint64
 	acked   uint64
 	waiters map[uint64]chan struct{}
-	synced  [sha256.Size]byte // digest of the grants of the last sync sent
+	// held is what the events queued so far leave the gateway holding:
+	// the last sync, then every push after it. The store re-sync compares
+	// the store's live grants with it.
+	held map[api.GrantID]heldGrant
+}
+
+// heldGrant is what a gateway was last told of one grant.
+type heldGrant struct {
+	notAfter time.Time
+	key      key.WGPublic
+}
+
+// trackLocked applies ev to s.held; s.mu is held.
+func (s *gwStream) trackLocked(ev api.StreamEvent) {
+	switch ev.Type {
+	case api.EventSync:
+		s.held = make(map[api.GrantID]heldGrant, len(ev.Grants))
+		fallthrough
+	case api.EventGrant:
+		if s.held == nil {
+			s.held = make(map[api.GrantID]heldGrant)
+		}
+		for _, g := range ev.Grants {
+			s.held[g.ID] = heldGrant{notAfter: g.NotAfter, key: g.ClientWGKey}
+		}
+	case api.EventRevoke:
+		for _, id := range ev.GrantIDs {
+			delete(s.held, id)
+		}
+	}
+}
+
+// opened records the sync the stream opens with (sequence 1, written by
+// the handler, not queued).
+func (s *gwStream) opened(sync api.StreamEvent) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.trackLocked(sync)
+}
+
+// differs reports whether live (the store's live grants for the gateway)
+// differ from what the gateway was told, leaving out grants the gateway
+// expires on its own clock by now.
+func (s *gwStream) differs(live []api.GatewayGrant, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, h := range s.held {
+		if h.notAfter.After(now) {
+			n++
+		}
+	}
+	if n != len(live) {
+		return true
+	}
+	for _, g := range live {
+		h, ok := s.held[g.ID]
+		if !ok || !h.notAfter.Equal(g.NotAfter) || !h.key.Equal(g.ClientWGKey) {
+			return true
+		}
+	}
+	return false
 }
 
 // gwLive is a connected gateway's self-reported, in-memory state.
@@ -279,6 +340,7 @@ func (s *gwStream) enqueue(ev api.StreamEvent) (<-chan struct{}, error) {
 		return nil, errStreamClosed
 	}
 	s.nextSeq++
+	s.trackLocked(ev)
 	ch := make(chan struct{})
 	s.waiters[ev.Seq] = ch
 	return ch, nil
