@@ -112,7 +112,7 @@ func TestFirewallInNetns(t *testing.T) {
 				nft(t, "add table inet t")
 				nft(t, inputChain)
 				nft(t, "add chain inet t ssh")
-				nft(t, "add rule inet t ssh ip saddr != 10.0.0.0/8 reject")
+				nft(t, "add rule inet t ssh ip saddr != 198.51.100.0/24 reject")
 				nft(t, "add map inet t ports { type inet_service : verdict ; elements = { 22 : jump ssh, 80 : accept } ; }")
 				nft(t, "add rule inet t input tcp dport vmap @ports")
 			},
