@@ -81,6 +81,13 @@ func (c *Controller) posture(r *http.Request, d *deviceCaller, sp *api.SignedPos
 	case age > c.cfg.PostureMaxAge:
 		return c.postureRefused(ctx, *d, source, "collected %s ago, the limit is %s; the client must send a fresh report", age.Round(time.Second), c.cfg.PostureMaxAge)
 	}
+	prev := d.device.Posture
+	if prev != nil && prev.CollectedAt.Equal(p.CollectedAt) && !postureChanged(*prev, p) {
+		// The report the device already gave (clients send their latest
+		// with every request): nothing to store on the grant path.
+		d.posture = prev
+		return nil
+	}
 	err = c.store.SetDevicePosture(ctx, d.device.ID, p, now)
 	if errors.Is(err, store.ErrConflict) {
 		return c.postureRefused(ctx, *d, source, "older than the device's latest report (a replay?)")
@@ -88,7 +95,7 @@ func (c *Controller) posture(r *http.Request, d *deviceCaller, sp *api.SignedPos
 	if err != nil {
 		return fmt.Errorf("store posture: %w", err)
 	}
-	if prev := d.device.Posture; prev == nil || postureChanged(*prev, p) {
+	if prev == nil || postureChanged(*prev, p) {
 		c.audit(ctx, api.AuditEvent{Type: "device.posture", Actor: d.actor(), User: d.user.Name, DeviceID: d.device.ID, Source: source, Reason: postureSummary(p)})
 		c.log.Info("device posture", "user", d.user.Name, "device_id", d.device.ID, "posture", postureSummary(p))
 	}
@@ -133,16 +140,9 @@ func validPosture(p *api.Posture) error {
 
 // postureChanged reports whether two reports differ in anything policy
 // looks at (not in when they were collected, nor in the wording of
-// details).
+// details). It does not modify either.
 func postureChanged(a, b api.Posture) bool {
-	a.CollectedAt, b.CollectedAt, a.Details, b.Details = time.Time{}, time.Time{}, nil, nil
-	for i := range a.Checks {
-		a.Checks[i].Detail = ""
-	}
-	for i := range b.Checks {
-		b.Checks[i].Detail = ""
-	}
-	return !slices.EqualFunc(a.Checks, b.Checks, func(x, y api.CheckResult) bool { return x == y }) ||
+	return !slices.EqualFunc(a.Checks, b.Checks, func(x, y api.CheckResult) bool { return x.Name == y.Name && x.Pass == y.Pass }) ||
 		a.OS != b.OS || a.OSVersion != b.OSVersion || a.Kernel != b.Kernel || a.ClientVersion != b.ClientVersion ||
 		a.DiskEncryption != b.DiskEncryption || a.Firewall != b.Firewall || a.ScreenLock != b.ScreenLock
 }

@@ -281,3 +281,35 @@ func TestPostureProfilesAdmin(t *testing.T) {
 		t.Fatalf("profiles = %+v, %v", ps, err)
 	}
 }
+
+// TestPostureRepeatNotStoredAgain: the same report sent with several
+// requests is stored once (no write on the grant path for it) and keeps
+// its check details.
+func TestPostureRepeatNotStoredAgain(t *testing.T) {
+	e := newTestEnv(t, Config{}, 0)
+	e.setupPosture()
+	ctx := context.Background()
+	d := e.login("alice")
+	p := d.report(func(p *api.Posture) { p.Checks[0].Detail = "pid 7 runs falcon-sensor" })
+	sp := d.sign(p, nil)
+	if _, err := d.grantWith("wiki.corp.internal", sp); err != nil {
+		t.Fatal(err)
+	}
+	first, err := e.c.store.Device(ctx, d.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.grantWith("a.corp.internal", sp); err != nil {
+		t.Fatal(err)
+	}
+	again, err := e.c.store.Device(ctx, d.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.PostureAt.Equal(first.PostureAt) {
+		t.Errorf("the same report was stored again: accepted at %v, then %v", first.PostureAt, again.PostureAt)
+	}
+	if got := again.Posture.Checks[0].Detail; got != "pid 7 runs falcon-sensor" {
+		t.Errorf("stored check detail %q", got)
+	}
+}
