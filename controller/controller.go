@@ -245,7 +245,7 @@ func New(ctx context.Context, cfg Config) (*Controller, error) {
 	if c.mfaSealer, err = loadMFASealer(cfg); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
-	c.logins = newLoginThrottle()
+	c.logins = newLoginThrottle(cfg.Store)
 	if c.id, err = loadControllerID(cfg); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
@@ -382,13 +382,11 @@ func (c *Controller) Run(ctx context.Context) error {
 	relayDone := make(chan struct{})
 	relayCtx, stopRelay := context.WithCancel(ctx)
 	defer func() { stopRelay(); <-relayDone }()
-	timeDone := make(chan struct{})
-	timeCtx, stopTime := context.WithCancel(ctx)
-	defer func() { stopTime(); <-timeDone }()
-	go func() {
-		defer close(timeDone)
-		c.watchTime(timeCtx)
-	}()
+	var loops sync.WaitGroup
+	loopCtx, stopLoops := context.WithCancel(ctx)
+	defer func() { stopLoops(); loops.Wait() }()
+	loops.Go(func() { c.watchTime(loopCtx) })
+	loops.Go(func() { c.pruneLoginFailures(loopCtx) })
 	go func() {
 		defer close(relayDone)
 		if c.relay != nil {

@@ -31,7 +31,13 @@ func (c *Controller) checkLogin(r *http.Request, req api.LoginRequest, now time.
 	}
 	// While locked, credentials are not even looked at: guessing stops,
 	// and the answer cannot tell a right guess from a wrong one.
-	if wait, why := c.logins.admit(req.User, src, now); wait > 0 {
+	wait, why, err := c.logins.admit(ctx, req.User, src, now)
+	if err != nil {
+		// Fail closed: a guess the cluster cannot count is not checked.
+		c.log.Error("login refused: failed-login counts unreadable", "user", req.User, "source", src, "err", err)
+		return store.User{}, loginProof{}, errf(http.StatusServiceUnavailable, api.CodeUnavailable, "logins are unavailable: the controller cannot read its store; try again")
+	}
+	if wait > 0 {
 		e := errf(http.StatusTooManyRequests, api.CodeRateLimited, "too many failed logins: %s; try again in %s", why, wait.Round(time.Second))
 		e.retryAfter = wait
 		return refuse("login.locked", why, e)
@@ -39,7 +45,11 @@ func (c *Controller) checkLogin(r *http.Request, req api.LoginRequest, now time.
 	done := false
 	end := func(o attemptOutcome) time.Duration {
 		done = true
-		return c.logins.done(req.User, src, now, o)
+		d, err := c.logins.done(ctx, req.User, src, now, o)
+		if err != nil {
+			c.log.Error("failed-login count not stored; this controller still counts it", "user", req.User, "source", src, "err", err)
+		}
+		return d
 	}
 	defer func() {
 		if !done { // an internal error

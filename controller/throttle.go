@@ -1,9 +1,14 @@
 package controller
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/keyhole-net/keyhole/controller/store"
 )
 
 // Failed logins are throttled per user name and per source address, each
@@ -21,8 +26,11 @@ import (
 // address's count between guesses at others. Counts fade after a day
 // without failures.
 //
-// The counts live in this controller's memory: a restart forgets them,
-// and each controller of a cluster counts on its own.
+// The counts live in the store (sharedCounts), so every controller of a
+// cluster sees every failure and a restart forgets nothing; this
+// controller's memory adds what the store cannot: the attempts under way
+// here. A store that cannot be read refuses the login: no guess goes
+// uncounted.
 //
 // The policies are variables only because Go has no struct constants.
 var (
@@ -33,6 +41,10 @@ var (
 const (
 	// loginFailuresForget is how long a count lasts without a new failure.
 	loginFailuresForget = 24 * time.Hour
+	// loginPruneInterval is how often the store's faded counts are
+	// deleted (every controller does it; a delete that finds nothing is
+	// cheap).
+	loginPruneInterval = time.Hour
 	// maxLoginCounts bounds the table (a count is under 100 bytes). When it
 	// is full of locked keys, new keys go uncounted rather than refused:
 	// an attacker who fills it must not lock everyone else out.
@@ -76,14 +88,27 @@ type failureCount struct {
 	lockedUntil time.Time
 }
 
+// sharedCounts keeps failed-login counts for every controller of a
+// cluster: the store.
+type sharedCounts interface {
+	LoginFailures(ctx context.Context, keys ...string) ([]store.LoginFailures, error)
+	AddLoginFailure(ctx context.Context, key string, at, fadeBefore time.Time) (store.LoginFailures, error)
+	LockLogin(ctx context.Context, key string, until time.Time) error
+	ClearLoginFailures(ctx context.Context, key string) error
+}
+
 // loginThrottle counts failed logins. Safe for concurrent use.
 type loginThrottle struct {
+	shared sharedCounts // nil: this controller's memory only
+
 	mu     sync.Mutex // guards counts
 	counts map[throttleKey]*failureCount
 }
 
-func newLoginThrottle() *loginThrottle {
-	return &loginThrottle{counts: make(map[throttleKey]*failureCount)}
+// newLoginThrottle returns a throttle that keeps its counts in shared as
+// well as in memory; nil shared counts in memory only.
+func newLoginThrottle(shared sharedCounts) *loginThrottle {
+	return &loginThrottle{shared: shared, counts: make(map[throttleKey]*failureCount)}
 }
 
 // sourceID is the throttling identity of a client address: the address,
@@ -133,29 +158,54 @@ const (
 // no more at once than it has left: otherwise a burst of parallel guesses
 // would all be checked before the first failure locked anything. Every
 // admitted attempt must be ended with done.
-func (t *loginThrottle) admit(user, source string, now time.Time) (time.Duration, string) {
+func (t *loginThrottle) admit(ctx context.Context, user, source string, now time.Time) (time.Duration, string, error) {
+	keys := loginKeys(user, source)
+	var shared [len(keys)]store.LoginFailures
+	if t.shared != nil {
+		fs, err := t.shared.LoginFailures(ctx, keys[0].String(), keys[1].String())
+		if err != nil {
+			return 0, "", fmt.Errorf("failed-login counts: %w", err)
+		}
+		for _, f := range fs {
+			for i, k := range keys {
+				if f.Key == k.String() {
+					shared[i] = f
+				}
+			}
+		}
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	keys := loginKeys(user, source)
 	var wait time.Duration
 	var why string
-	for _, k := range keys {
-		c := t.counts[k]
-		if c == nil {
-			continue
+	for i, k := range keys {
+		// The shared count is the cluster's; a lockout this controller
+		// started holds even if storing it failed.
+		failures, inflight, lockedUntil := 0, 0, shared[i].LockedUntil
+		if now.Sub(shared[i].Last) <= loginFailuresForget {
+			failures = shared[i].Failures
 		}
-		if now.Sub(c.last) > loginFailuresForget && c.inflight == 0 {
-			c.failures = 0
+		if c := t.counts[k]; c != nil {
+			if now.Sub(c.last) > loginFailuresForget && c.inflight == 0 {
+				c.failures = 0
+			}
+			if t.shared == nil {
+				failures = c.failures
+			}
+			inflight = c.inflight
+			if c.lockedUntil.After(lockedUntil) {
+				lockedUntil = c.lockedUntil
+			}
 		}
-		if now.Before(c.lockedUntil) && c.lockedUntil.Sub(now) > wait {
-			wait, why = c.lockedUntil.Sub(now), k.String()+" locked out after repeated failures"
+		if now.Before(lockedUntil) && lockedUntil.Sub(now) > wait {
+			wait, why = lockedUntil.Sub(now), k.String()+" locked out after repeated failures"
 		}
-		if c.inflight > 0 && c.failures+c.inflight >= policyOf(k).free && wait < time.Second {
+		if inflight > 0 && failures+inflight >= policyOf(k).free && wait < time.Second {
 			wait, why = time.Second, k.String()+" has another login under way after repeated failures"
 		}
 	}
 	if wait > 0 {
-		return wait, why
+		return wait, why, nil
 	}
 	for _, k := range keys {
 		c := t.counts[k]
@@ -168,27 +218,71 @@ func (t *loginThrottle) admit(user, source string, now time.Time) (time.Duration
 		}
 		c.inflight++
 	}
-	return 0, ""
+	return 0, "", nil
 }
 
 // done ends an attempt admit let in. A failure is counted, and the
-// longest lockout it started is returned (0: none).
-func (t *loginThrottle) done(user, source string, now time.Time, o attemptOutcome) time.Duration {
+// longest lockout it started is returned (0: none). An error says the
+// shared counts missed the outcome; this controller's count has it.
+func (t *loginThrottle) done(ctx context.Context, user, source string, now time.Time, o attemptOutcome) (time.Duration, error) {
+	keys := loginKeys(user, source)
+	// What the shared counts say with this failure; 0 when not known.
+	var clusterFailures [len(keys)]int
+	var errs []error
+	if t.shared != nil {
+		switch o {
+		case attemptFailed:
+			for i, k := range keys {
+				f, err := t.shared.AddLoginFailure(ctx, k.String(), now, now.Add(-loginFailuresForget))
+				errs = append(errs, err)
+				if err == nil {
+					clusterFailures[i] = f.Failures
+				}
+			}
+		case attemptSucceeded:
+			errs = append(errs, t.shared.ClearLoginFailures(ctx, keys[0].String()))
+		}
+	}
+	var locks [len(keys)]time.Time
+	longest := t.doneHere(keys, clusterFailures, now, o, &locks)
+	for i, k := range keys {
+		if t.shared != nil && !locks[i].IsZero() {
+			errs = append(errs, t.shared.LockLogin(ctx, k.String(), locks[i]))
+		}
+	}
+	return longest, errors.Join(errs...)
+}
+
+// doneHere is done's part in this controller's memory: a failure makes
+// each key's count its clusterFailures where known (this controller's
+// count plus one where not), and locks gets the lockouts it starts.
+func (t *loginThrottle) doneHere(keys [2]throttleKey, clusterFailures [2]int, now time.Time, o attemptOutcome, locks *[2]time.Time) time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var longest time.Duration
-	for _, k := range loginKeys(user, source) {
+	for i, k := range keys {
 		c := t.counts[k]
 		if c == nil {
-			continue // not counted: the table was full
+			// Not counted here (the table was full): the cluster's count
+			// still locks.
+			if d := policyOf(k).lockout(clusterFailures[i]); o == attemptFailed && d > 0 {
+				locks[i] = now.Add(d)
+				longest = max(longest, d)
+			}
+			continue
 		}
 		c.inflight = max(0, c.inflight-1)
 		switch {
 		case o == attemptFailed:
-			c.failures++
+			if clusterFailures[i] > 0 {
+				c.failures = clusterFailures[i]
+			} else {
+				c.failures++
+			}
 			c.last = now
 			if d := policyOf(k).lockout(c.failures); d > 0 {
 				c.lockedUntil = now.Add(d)
+				locks[i] = c.lockedUntil
 				longest = max(longest, d)
 			}
 		case o == attemptSucceeded && !k.source:
@@ -219,4 +313,27 @@ func (t *loginThrottle) pruneLocked(now time.Time) bool {
 		}
 	}
 	return len(t.counts) < maxLoginCounts
+}
+
+// pruneLoginFailures deletes the store's faded, unlocked failed-login
+// counts every loginPruneInterval until ctx is done. They are ignored
+// once faded anyway; this only keeps the table small.
+func (c *Controller) pruneLoginFailures(ctx context.Context) {
+	t := time.NewTicker(loginPruneInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			now := c.now()
+			n, err := c.store.PruneLoginFailures(ctx, now.Add(-loginFailuresForget), now)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				c.log.Error("pruning faded failed-login counts failed; retrying in an hour", "err", err)
+			case n > 0:
+				c.log.Debug("pruned faded failed-login counts", "count", n)
+			}
+		}
+	}
 }

@@ -161,6 +161,16 @@ type GrantFacts struct {
 	MFAAt time.Time
 }
 
+// LoginFailures is the failed-login count of one throttle key: a user
+// name or a source address, as the controller spells them.
+type LoginFailures struct {
+	Key      string
+	Failures int
+	// Last is the latest failure; LockedUntil is when the lockout the
+	// failures started ends (zero for none).
+	Last, LockedUntil time.Time
+}
+
 // AuditQuery filters audit events. Zero fields do not filter.
 type AuditQuery struct {
 	Type     string // exact type, or a prefix ending in "." ("grant.")
@@ -326,6 +336,21 @@ type Store interface {
 	// export's, and with ErrLimit when g.User already holds limit exports
 	// that are live at g.CreatedAt.
 	CreateExport(ctx context.Context, g Grant, ev api.AuditEvent, limit int) (Grant, error)
+
+	// Failed logins, counted for every controller of a cluster.
+	// LoginFailures returns the counts of those keys that have one.
+	// AddLoginFailure counts a failure of key at at (a count whose last
+	// failure is before fadeBefore starts again from one) and returns the
+	// new count in one statement, so that concurrent failures on several
+	// controllers each count. LockLogin extends key's lockout to until (a
+	// shorter one never shortens it). ClearLoginFailures forgets key's
+	// count. PruneLoginFailures deletes the counts whose last failure is
+	// before fadeBefore and whose lockout is over at now.
+	LoginFailures(ctx context.Context, keys ...string) ([]LoginFailures, error)
+	AddLoginFailure(ctx context.Context, key string, at, fadeBefore time.Time) (LoginFailures, error)
+	LockLogin(ctx context.Context, key string, until time.Time) error
+	ClearLoginFailures(ctx context.Context, key string) error
+	PruneLoginFailures(ctx context.Context, fadeBefore, now time.Time) (int, error)
 
 	// Audit events and flow records. Append sets IDs.
 	AppendAudit(ctx context.Context, evs ...api.AuditEvent) error

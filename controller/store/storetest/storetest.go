@@ -69,6 +69,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"SessionMFAAt", testSessionMFAAt},
 		{"MFA", testMFA},
 		{"RecoveryCodes", testRecoveryCodes},
+		{"LoginFailures", testLoginFailures},
 		{"CreateGrant", testCreateGrant},
 		{"LiveGrants", testLiveGrants},
 		{"RenewGrant", testRenewGrant},
