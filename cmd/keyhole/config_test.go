@@ -187,3 +187,25 @@ func TestConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestFailoverFlags: the gateway grace and eager peers reach their
+// configs, and a negative grace is refused before anything starts.
+func TestFailoverFlags(t *testing.T) {
+	isolate(t)
+	got, r := resolved(t, []string{"controller", "--gateway-grace", "10s"}, "gateway-grace")
+	if r.code != 0 || got["gateway-grace"] != "10s" {
+		t.Errorf("controller --gateway-grace 10s: exit %d, resolved %q: %s", r.code, got["gateway-grace"], r.stderr)
+	}
+	got, r = resolved(t, []string{"controller"}, "gateway-grace")
+	if r.code != 0 || got["gateway-grace"] != "3s" {
+		t.Errorf("controller default grace: exit %d, resolved %q", r.code, got["gateway-grace"])
+	}
+	got, r = resolved(t, []string{"gateway", "--eager-peers"}, "eager-peers")
+	if r.code != 0 || got["eager-peers"] != "true" {
+		t.Errorf("gateway --eager-peers: exit %d, resolved %q: %s", r.code, got["eager-peers"], r.stderr)
+	}
+	r = keyhole(t, "", "controller", "--data", t.TempDir(), "--gateway-grace", "-1s")
+	if r.code != 1 || !strings.Contains(r.stderr, "--gateway-grace -1s: must not be negative") {
+		t.Errorf("negative grace: exit %d, stderr %q", r.code, r.stderr)
+	}
+}

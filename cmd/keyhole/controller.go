@@ -47,6 +47,9 @@ the token (shown once; also saved in DATA/admin.token).`,
 				}
 				cfg.RelaySecret = bytes.TrimSpace(b)
 			}
+			if cfg.GatewayGrace < 0 {
+				return fmt.Errorf("--gateway-grace %v: must not be negative", cfg.GatewayGrace)
+			}
 			oc, err := sso.config()
 			if err != nil {
 				return err
@@ -94,6 +97,7 @@ the token (shown once; also saved in DATA/admin.token).`,
 	f.DurationVar(&cfg.PostureMaxAge, "posture-max-age", controller.DefaultPostureMaxAge, "how old a device's posture report may be when it arrives, and how long the latest stands in for requests without one")
 	f.DurationVar(&cfg.PostureInterval, "posture-interval", controller.DefaultPostureInterval, "how often clients collect their posture and report a change")
 	f.DurationVar(&cfg.CertLifetime, "cert-lifetime", controller.DefaultCertLifetime, "lifetime of device and gateway certificates (clients rotate their keys at two thirds of it)")
+	f.DurationVar(&cfg.GatewayGrace, "gateway-grace", controller.DefaultGatewayGrace, "how long a gateway whose stream dropped may take to come back before its clients' grants move to another gateway of its group")
 	f.BoolVar(&cfg.RequireDeviceApproval, "require-device-approval", false, "new devices start unapproved and get no grant until an admin approves them (keyhole admin device approve ID)")
 	f.StringVar(&cfg.RelayListen, "relay-listen", "", `UDP address of the embedded TURN relay and STUN server (default: the --listen host, port 3478; "off" for an external relay)`)
 	f.StringVar(&relayAddr, "relay-addr", "", "relay address handed to gateways and clients, IP:port (default: the embedded relay's; required for an external relay such as coturn)")

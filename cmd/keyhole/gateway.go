@@ -78,6 +78,7 @@ outbound WireGuard UDP socket (and --metrics-listen if you ask for it).`,
 	f.Uint16Var(&port, "port", 0, "WireGuard UDP port (0: random on first start, then kept)")
 	f.StringSliceVar(&endpoints, "endpoint", nil, "ADDR:PORT clients send WireGuard to (repeatable; default: this host's addresses)")
 	f.StringArrayVar(&hosts, "host", nil, "NAME=IP static name for apps on this site, used before DNS (repeatable)")
+	f.BoolVar(&cfg.EagerPeers, "eager-peers", false, "configure every granted client's WireGuard peer at once instead of at its first handshake (more memory per idle client; docs/gateway.md)")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus /metrics on this address (default: off)")
 	return cmd
 }
