@@ -48,6 +48,9 @@ type Config struct {
 	// IdleRelease is how long a grant held in TUN mode lives on without
 	// traffic or lookups before the client gives it back (0: 10 minutes).
 	IdleRelease time.Duration
+	// Keepalive is the WireGuard persistent keepalive toward a gateway
+	// while something uses it (0: 25 s; keepalive.go).
+	Keepalive time.Duration
 	// NoDNS turns split DNS off in TUN mode: apps are then reached by
 	// address (keyhole connect grants and routes them).
 	NoDNS bool
@@ -95,7 +98,7 @@ type Client struct {
 	evUp          atomic.Bool // the event stream is open
 	lastIdleCheck time.Time   // Run's goroutine only
 
-	mu             sync.Mutex // guards grants, byDest, peers, idle, paths, srflx, ifaddrs, stun, peerBytes
+	mu             sync.Mutex // guards grants, byDest, peers, idle, paths, srflx, ifaddrs, stun, peerBytes, keepalive
 	grants         map[api.GrantID]*liveGrant
 	byDest         map[string]*liveGrant // request string ("wiki", "wiki.corp.internal") → grant
 	peers          map[api.GatewayID]api.Peer
@@ -105,6 +108,7 @@ type Client struct {
 	ifaddrs        []netip.Addr             // the interfaces' addresses, refreshed with srflx
 	stun           netip.AddrPort           // STUN server from the latest grant
 	peerBytes      map[api.GatewayID]uint64 // TUN mode: rx+tx of each peer at the last idle check
+	keepalive      map[api.GatewayID]bool   // userspace mode: peers with the persistent keepalive on
 	renewNow       chan struct{}
 	started        chan struct{}
 	dns            atomic.Pointer[splitdns.Server] // TUN mode's resolver while it runs
@@ -148,6 +152,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.IdleRelease <= 0 {
 		cfg.IdleRelease = defaultIdleRelease
 	}
+	if cfg.Keepalive <= 0 {
+		cfg.Keepalive = defaultKeepalive
+	}
 	var (
 		dp  dataPlane
 		tun *wg.TUN
@@ -180,6 +187,7 @@ func New(cfg Config) (*Client, error) {
 		idle:      make(map[api.GatewayID]time.Time),
 		paths:     make(map[api.GatewayID]*path),
 		peerBytes: make(map[api.GatewayID]uint64),
+		keepalive: make(map[api.GatewayID]bool),
 		renewNow:  make(chan struct{}, 1),
 		started:   make(chan struct{}),
 		reporter:  newReporter(cfg.Posture),
@@ -242,6 +250,7 @@ func (c *Client) Run(ctx context.Context) error {
 		c.maybeRotate(ctx)
 		c.releaseIdle(ctx)
 		c.reapIdlePeers()
+		c.tuneKeepalives()
 		if time.Since(lastStatus) > 2*time.Second {
 			c.writeStatus()
 			lastStatus = time.Now()
@@ -368,7 +377,7 @@ func (c *Client) peerLocked(gw api.GatewayID) wg.Peer {
 		PublicKey:           p.PublicKey,
 		Endpoint:            ep,
 		AllowedIPs:          allowed,
-		PersistentKeepalive: 25 * time.Second,
+		PersistentKeepalive: c.keepaliveLocked(gw),
 	}
 }
 
@@ -427,6 +436,7 @@ func (c *Client) reapIdlePeers() {
 			delete(c.idle, gw)
 			delete(c.peers, gw)
 			delete(c.paths, gw)
+			delete(c.keepalive, gw)
 		}
 	}
 	c.mu.Unlock()
@@ -684,6 +694,8 @@ type PeerStatus struct {
 	LastHandshake time.Time      `json:"last_handshake,omitzero"`
 	RxBytes       uint64         `json:"rx_bytes"`
 	TxBytes       uint64         `json:"tx_bytes"`
+	// KeepaliveSeconds is the persistent keepalive; 0 is off (keepalive.go).
+	KeepaliveSeconds int `json:"keepalive_seconds"`
 }
 
 // Status returns the client's current state.
@@ -712,6 +724,7 @@ func (c *Client) Status() Status {
 			st.Peers = append(st.Peers, PeerStatus{
 				GatewayID: gw, PublicKey: p.PublicKey.String(), Path: pathOf[gw], Endpoint: p.Endpoint.String(),
 				AllowedIPs: p.AllowedIPs, LastHandshake: p.LastHandshake, RxBytes: p.RxBytes, TxBytes: p.TxBytes,
+				KeepaliveSeconds: int(p.PersistentKeepalive / time.Second),
 			})
 		}
 	}

@@ -76,6 +76,7 @@ func wgctrlPeers(st *client.Status) error {
 		}
 		ps.LastHandshake = p.LastHandshakeTime.UTC()
 		ps.RxBytes, ps.TxBytes = uint64(p.ReceiveBytes), uint64(p.TransmitBytes)
+		ps.KeepaliveSeconds = int(p.PersistentKeepaliveInterval / time.Second)
 		peers = append(peers, ps)
 	}
 	st.Peers = peers

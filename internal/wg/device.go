@@ -188,6 +188,10 @@ func parsePeers(uapi string) ([]PeerStatus, error) {
 			p.RxBytes, err = strconv.ParseUint(v, 10, 64)
 		case "tx_bytes":
 			p.TxBytes, err = strconv.ParseUint(v, 10, 64)
+		case "persistent_keepalive_interval":
+			var sec uint64
+			sec, err = strconv.ParseUint(v, 10, 16)
+			p.PersistentKeepalive = time.Duration(sec) * time.Second
 		case "allowed_ip":
 			var pfx netip.Prefix
 			pfx, err = netip.ParsePrefix(v)

@@ -115,6 +115,8 @@ type PeerStatus struct {
 	RxBytes       uint64
 	TxBytes       uint64
 	AllowedIPs    []netip.Prefix
+	// PersistentKeepalive is the peer's keepalive interval; 0 is off.
+	PersistentKeepalive time.Duration
 }
 
 // Net is a userspace WireGuard interface and the netstack behind it. Its

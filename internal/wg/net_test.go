@@ -440,10 +440,10 @@ func TestParsePeers(t *testing.T) {
 	p := peers[0]
 	if !p.PublicKey.Equal(k1) || p.Endpoint != netip.MustParseAddrPort("[::1]:4000") ||
 		!p.LastHandshake.Equal(time.Unix(1700000000, 5)) || p.TxBytes != 10 || p.RxBytes != 20 ||
-		len(p.AllowedIPs) != 2 {
+		len(p.AllowedIPs) != 2 || p.PersistentKeepalive != 25*time.Second {
 		t.Errorf("peer 0 = %+v", p)
 	}
-	if !peers[1].PublicKey.Equal(k2) || !peers[1].LastHandshake.IsZero() || peers[1].Endpoint.IsValid() {
+	if !peers[1].PublicKey.Equal(k2) || !peers[1].LastHandshake.IsZero() || peers[1].Endpoint.IsValid() || peers[1].PersistentKeepalive != 0 {
 		t.Errorf("peer 1 = %+v", peers[1])
 	}
 	if _, err := parsePeers("public_key=zz\n"); err == nil {

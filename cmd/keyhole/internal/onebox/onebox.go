@@ -243,6 +243,8 @@ type ClientOptions struct {
 	NoRenew bool
 	// Posture configures the client's posture collection.
 	Posture posture.Config
+	// Keepalive is client.Config.Keepalive (tests use a short one).
+	Keepalive time.Duration
 }
 
 // Login logs a user in (unless opts.Dir holds a login) and starts a client.
@@ -260,7 +262,7 @@ func (b *Box) Login(ctx context.Context, opts ClientOptions) (*Client, error) {
 			return nil, err
 		}
 	}
-	c, err := client.New(client.Config{DataDir: dir, NoRenew: opts.NoRenew, Posture: opts.Posture, Logger: b.cfg.Logger.With("role", "client", "user", opts.User)})
+	c, err := client.New(client.Config{DataDir: dir, NoRenew: opts.NoRenew, Posture: opts.Posture, Keepalive: opts.Keepalive, Logger: b.cfg.Logger.With("role", "client", "user", opts.User)})
 	if err != nil {
 		return nil, err
 	}
