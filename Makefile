@@ -35,7 +35,8 @@ bench: build
 
 # Figures in the network-namespace lab (root): NAT traversal (first byte and
 # throughput, direct vs relayed vs the lab's plain routed path) and TUN mode
-# (throughput vs stock wireguard-go in the same lab, resolver latency).
+# (throughput through the TUN-mode and the userspace gateway vs stock
+# wireguard-go in the same lab, resolver latency).
 bench-lab:
 	KEYHOLE_E2E=1 KEYHOLE_LAB_BENCH=1 $(GO) test -count=1 -v -run '^TestLab(TUN)?Figures$$' -timeout 20m ./cmd/keyhole/
 
@@ -48,6 +49,7 @@ lint:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeRequest -fuzztime 30s ./controller/
 	$(GO) test -run '^$$' -fuzz FuzzGrantMessage -fuzztime 30s ./gateway/
+	$(GO) test -run '^$$' -fuzz FuzzPacketFilter -fuzztime 30s ./gateway/
 	$(GO) test -run '^$$' -fuzz FuzzClassify -fuzztime 30s ./internal/nat/
 	$(GO) test -run '^$$' -fuzz FuzzParseUsername -fuzztime 30s ./internal/relay/
 	$(GO) test -run '^$$' -fuzz FuzzHandle -fuzztime 30s ./client/splitdns/

@@ -149,6 +149,10 @@ func (g *Gateway) apply(ev api.StreamEvent) error {
 		return err
 	}
 	g.metrics.grants.Set(float64(g.table.Len()))
+	if g.runCtx != nil && ev.Type != api.EventPing {
+		// Before the ack: the client's first packet finds its DNAT.
+		g.syncKernel(g.runCtx, false)
+	}
 	if err := g.applyPeers(changes); err != nil {
 		return err
 	}
@@ -356,6 +360,7 @@ func (g *Gateway) expiryLoop(ctx context.Context) {
 			g.log.Info("grant expired; connections closed", "grant_id", gr.ID, "app", gr.App, "not_after", gr.NotAfter)
 		}
 		g.metrics.grants.Set(float64(g.table.Len()))
+		g.syncKernel(ctx, false)
 		if err := g.applyPeers(changes); err != nil {
 			g.log.Error("removing expired peers", "err", err)
 		}

@@ -5,6 +5,11 @@
 // (client overlay address, app, port); the gateway then dials the real app
 // from its own network and splices the two. It opens no inbound port besides
 // its one WireGuard UDP socket, forwards no IP packets, and needs no root.
+//
+// Optionally (Config.TUN, Linux, root) WireGuard runs on a kernel TUN
+// device instead: every packet a client sends is checked against the
+// grants before the kernel sees it, and the kernel forwards and NATs the
+// packets let through (docs/gateway.md, "TUN mode").
 package gateway
 
 import (
@@ -26,6 +31,7 @@ import (
 	"github.com/keyhole-net/keyhole/internal/api"
 	"github.com/keyhole-net/keyhole/internal/apiclient"
 	"github.com/keyhole-net/keyhole/internal/key"
+	"github.com/keyhole-net/keyhole/internal/nat"
 	"github.com/keyhole-net/keyhole/internal/trust"
 	"github.com/keyhole-net/keyhole/internal/wg"
 )
@@ -76,10 +82,41 @@ type Config struct {
 	// still online loses its session without knowing and stalls until it
 	// re-handshakes (up to 15 s): only tests should go below it.
 	PeerIdle time.Duration
+	// TUN runs WireGuard on a kernel TUN device and lets the kernel
+	// forward granted packets to the apps (Linux; root or CAP_NET_ADMIN):
+	// faster than the userspace stack, at the price of IP forwarding and
+	// an nftables table in the gateway's network namespace. Every packet
+	// is still checked against the grants.
+	TUN bool
+	// TUNName is the TUN interface (default DefaultTUNName).
+	TUNName string
+	// TUNClientRange is routed into the TUN: the client overlay addresses
+	// (default 100.64.0.0/10, the whole overlay).
+	TUNClientRange netip.Prefix
 	// Dialer dials apps; nil uses net.Dialer with the system resolver.
 	Dialer Dialer
 	Logger *slog.Logger
 	Now    func() time.Time
+}
+
+// DefaultTUNName is the interface the TUN mode creates when
+// Config.TUNName is empty.
+const DefaultTUNName = "keyhole-gw0"
+
+// defaultClientRange is the overlay, 100.64.0.0/10: client addresses
+// come from it.
+func defaultClientRange() netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64, 0, 0}), 10)
+}
+
+// dataPlane is the WireGuard device the gateway runs on, in either mode:
+// *wg.Net (userspace stack) or the TUN mode's kernelPlane.
+type dataPlane interface {
+	Port() uint16
+	Bind() *nat.Bind
+	UpsertPeer(wg.Peer) error
+	RemovePeer(key.WGPublic) error
+	Peers() ([]wg.PeerStatus, error)
 }
 
 // Dialer dials apps on the site.
@@ -127,7 +164,10 @@ type Gateway struct {
 	creds *trust.Credentials
 	wgKey key.WGPrivate
 	api   *apiclient.Client
-	net   *wg.Net
+	net   dataPlane
+	// TUN mode only: the kernel data plane and the per-packet filter.
+	kernel *kernelPlane
+	filter *packetFilter
 
 	trav *traversal
 	lazy *lazyPeers // nil with EagerPeers
@@ -169,6 +209,15 @@ func New(cfg Config) (*Gateway, error) {
 	if len(cfg.Hosts) > 0 {
 		cfg.Dialer = hostsDialer{hosts: cfg.Hosts, next: cfg.Dialer}
 	}
+	if cfg.TUNName == "" {
+		cfg.TUNName = DefaultTUNName
+	}
+	if !cfg.TUNClientRange.IsValid() {
+		cfg.TUNClientRange = defaultClientRange()
+	}
+	if !cfg.TUNClientRange.Addr().Is4() {
+		return nil, fmt.Errorf("gateway: TUN client range %v is not IPv4", cfg.TUNClientRange)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -196,41 +245,57 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if err := g.setup(ctx); err != nil {
 		return err
 	}
-	n, err := wg.New(wg.Config{
-		PrivateKey: g.wgKey,
-		Addresses:  []netip.Addr{g.st.OverlayIP},
-		MTU:        g.cfg.MTU,
-		ListenPort: g.st.ListenPort,
-		Forward:    true,
-		Logger:     g.log.With("component", "wireguard"),
-	})
-	if err != nil {
-		return fmt.Errorf("gateway: %w", err)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var loops []func(context.Context)
+	if g.cfg.TUN {
+		k, err := g.startKernel()
+		if err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		defer func() {
+			if err := k.Close(); err != nil {
+				g.log.Warn("tun mode cleanup", "err", err)
+			}
+		}()
+		g.net, g.kernel = k, k
+		loops = append(loops, g.kernelLoop, g.flowStartLoop)
+	} else {
+		n, err := wg.New(wg.Config{
+			PrivateKey: g.wgKey,
+			Addresses:  []netip.Addr{g.st.OverlayIP},
+			MTU:        g.cfg.MTU,
+			ListenPort: g.st.ListenPort,
+			Forward:    true,
+			Logger:     g.log.With("component", "wireguard"),
+		})
+		if err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		defer n.Close()
+		g.net = n
+		n.SetTCPHandler(func(r *wg.TCPRequest) { g.handleTCP(ctx, r) })
+		n.SetUDPHandler(func(r *wg.UDPRequest) { g.handleUDP(ctx, r) })
+		n.SetEchoHandler(g.table.Reachable)
+		n.SetRefuseHook(func(src, dst netip.AddrPort) { g.refuse("tcp", src, dst, ErrDestination) })
 	}
-	defer n.Close()
-	g.net = n
+	n := g.net
 	if g.st.ListenPort == 0 {
 		g.st.ListenPort = n.Port()
 		if err := g.saveState(); err != nil {
 			return err
 		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	n.SetTCPHandler(func(r *wg.TCPRequest) { g.handleTCP(ctx, r) })
-	n.SetUDPHandler(func(r *wg.UDPRequest) { g.handleUDP(ctx, r) })
-	n.SetEchoHandler(g.table.Reachable)
-	n.SetRefuseHook(func(src, dst netip.AddrPort) { g.refuse("tcp", src, dst, ErrDestination) })
 	g.runCtx = ctx
 	n.Bind().SetChecks(g.checkConfig(ctx, &g.bg))
-	loops := []func(context.Context){g.controlLoop, g.expiryLoop, g.flowLoop, g.certLoop, g.pathLoop, g.peerReportLoop}
+	loops = append(loops, g.controlLoop, g.expiryLoop, g.flowLoop, g.certLoop, g.pathLoop, g.peerReportLoop)
 	if !g.cfg.EagerPeers {
 		g.lazy = newLazyPeers(g, n)
 		n.Bind().SetInitiationHook(g.lazy.onInitiation)
 		loops = append(loops, g.lazy.run)
 	}
 	defer g.bg.Wait()
-	g.log.Info("gateway up", "gateway_id", g.st.GatewayID, "group", g.st.Group, "wireguard_port", n.Port(), "overlay_ip", g.st.OverlayIP)
+	g.log.Info("gateway up", "gateway_id", g.st.GatewayID, "group", g.st.Group, "wireguard_port", n.Port(), "overlay_ip", g.st.OverlayIP, "tun", g.cfg.TUN)
 	g.readyOnce.Do(func() { close(g.ready) })
 
 	var wgr sync.WaitGroup
@@ -243,7 +308,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	wgr.Wait()
-	// Closing access on shutdown: the userspace stack goes away with n.
+	// Closing access on shutdown: the userspace stack (or the TUN and its
+	// nftables table) goes away with n.
 	g.table.Replace(nil)
 	return nil
 }

@@ -22,15 +22,46 @@ var (
 
 // GrantTable is the gateway's view of live grants: what each client overlay
 // address may reach, until when. It is consulted once per new connection
-// (never per packet) and enforces expiry on the gateway's own clock, so a
+// (never per packet: the TUN mode's packet filter follows it through
+// Observe instead) and enforces expiry on the gateway's own clock, so a
 // gateway that loses its controller still closes access at NotAfter.
 type GrantTable struct {
 	now func() time.Time
 
-	mu       sync.Mutex // guards grants, byClient, peers
+	mu       sync.Mutex // guards grants, byClient, peers, observe
 	grants   map[api.GrantID]*grantEntry
 	byClient map[netip.Addr][]*grantEntry
 	peers    map[key.WGPublic]*peerRef
+	// observe, if set, is told every client whose grants changed, with
+	// its grants now (removed: a grant went away), under mu: the TUN
+	// mode's packet filter follows the table this way, so a revocation
+	// holds from the next packet on.
+	observe func(client netip.Addr, grants []api.GatewayGrant, removed bool)
+}
+
+// Observe makes fn see every change of a client's grants, under the
+// table's lock (fn must not call the table). The current grants are
+// replayed to it first.
+func (t *GrantTable) Observe(fn func(client netip.Addr, grants []api.GatewayGrant, removed bool)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.observe = fn
+	for ip := range t.byClient {
+		t.notifyLocked(ip, false)
+	}
+}
+
+// notifyLocked tells the observer about client ip's grants.
+func (t *GrantTable) notifyLocked(ip netip.Addr, removed bool) {
+	if t.observe == nil {
+		return
+	}
+	list := t.byClient[ip]
+	gs := make([]api.GatewayGrant, len(list))
+	for i, e := range list {
+		gs[i] = e.g
+	}
+	t.observe(ip, gs, removed)
 }
 
 type grantEntry struct {
@@ -91,6 +122,7 @@ func (t *GrantTable) upsertLocked(g api.GatewayGrant) []PeerChange {
 				changes = t.rekeyLocked(e.g.ClientWGKey, g.ClientWGKey, g.ClientIP)
 			}
 			e.g = g
+			t.notifyLocked(g.ClientIP, false)
 			return changes
 		}
 		// A grant's client address never changes in practice; treat it as
@@ -107,6 +139,7 @@ func (t *GrantTable) upsertLocked(g api.GatewayGrant) []PeerChange {
 		changes = append(changes, PeerChange{Add: true, Key: g.ClientWGKey, ClientIP: g.ClientIP})
 	}
 	p.refs++
+	t.notifyLocked(g.ClientIP, false)
 	return changes
 }
 
@@ -183,6 +216,7 @@ func (t *GrantTable) removeLocked(id api.GrantID, toClose *[]io.Closer) []PeerCh
 			changes = append(changes, PeerChange{Key: e.g.ClientWGKey, ClientIP: p.ip})
 		}
 	}
+	t.notifyLocked(e.g.ClientIP, true)
 	return changes
 }
 

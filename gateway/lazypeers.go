@@ -47,7 +47,7 @@ const (
 // lazyPeers adds and removes the gateway's wireguard-go peers on demand.
 type lazyPeers struct {
 	table   *GrantTable
-	net     *wg.Net
+	net     dataPlane
 	dec     *wg.InitiationDecoder
 	log     *slog.Logger
 	metrics *metrics
@@ -77,7 +77,7 @@ type activePeer struct {
 	lastHandshake time.Time
 }
 
-func newLazyPeers(g *Gateway, n *wg.Net) *lazyPeers {
+func newLazyPeers(g *Gateway, n dataPlane) *lazyPeers {
 	idle := g.cfg.PeerIdle
 	if idle <= 0 {
 		idle = DefaultPeerIdle

@@ -33,7 +33,14 @@ func (c *cli) gatewayCmd() *cobra.Command {
 		Long: `Run a gateway. The first start enrols it with a one-time token
 (keyhole admin gateway token --group G); later starts reuse the identity in
 --data and need no token. The gateway listens on nothing but its one
-outbound WireGuard UDP socket (and --metrics-listen if you ask for it).`,
+outbound WireGuard UDP socket (and --metrics-listen if you ask for it).
+
+By default the gateway needs no root: WireGuard runs on a userspace network
+stack that proxies each granted connection to the app. With --tun (Linux,
+root or CAP_NET_ADMIN) WireGuard runs on a kernel TUN device instead; every
+packet is checked against the grants and the kernel forwards and NATs what
+passes (IPv4 forwarding on, an nftables table of the gateway's own). Faster;
+see docs/gateway.md for the trade-off.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			controllerTarget(cmd, &cfg.CAFingerprint, nil)
@@ -80,6 +87,8 @@ outbound WireGuard UDP socket (and --metrics-listen if you ask for it).`,
 	f.StringArrayVar(&hosts, "host", nil, "NAME=IP static name for apps on this site, used before DNS (repeatable)")
 	f.BoolVar(&cfg.EagerPeers, "eager-peers", false, "configure every granted client's WireGuard peer at once instead of at its first handshake (more memory per idle client; docs/gateway.md)")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus /metrics on this address (default: off)")
+	f.BoolVar(&cfg.TUN, "tun", false, "run WireGuard on a kernel TUN device and let the kernel forward granted packets (Linux, root; see docs/gateway.md)")
+	f.StringVar(&cfg.TUNName, "tun-name", gateway.DefaultTUNName, "TUN interface name with --tun")
 	return cmd
 }
 

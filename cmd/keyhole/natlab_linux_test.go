@@ -358,6 +358,13 @@ func (nl *natLab) runCmd(host, stdin string, args ...string) (string, error) {
 // startGateway enrols and runs a gateway on the Gateway host and waits
 // until the controller has its candidates, relay included.
 func (nl *natLab) startGateway(extra ...string) *proc {
+	nl.t.Helper()
+	return nl.startGatewayData(nl.t.TempDir(), extra...)
+}
+
+// startGatewayData is startGateway with the gateway's data directory: a
+// directory it enrolled in before restarts that gateway.
+func (nl *natLab) startGatewayData(dir string, extra ...string) *proc {
 	t := nl.t
 	t.Helper()
 	tok, err := nl.admin.GatewayToken(nl.ctx, "site", 0)
@@ -365,7 +372,7 @@ func (nl *natLab) startGateway(extra ...string) *proc {
 		t.Fatal(err)
 	}
 	args := append([]string{"gateway", "--controller", nl.url, "--token", tok.Token,
-		"--ca-fingerprint", nl.fp, "--data", t.TempDir(), "--name", "site-gw", "--log-level", "debug"}, extra...)
+		"--ca-fingerprint", nl.fp, "--data", dir, "--name", "site-gw", "--log-level", "debug"}, extra...)
 	p := nl.spawn("gateway", lab.Gateway, "", args...)
 	waitFor(t, 20*time.Second, func() string {
 		gs, err := nl.admin.Gateways(nl.ctx)

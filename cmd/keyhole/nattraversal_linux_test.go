@@ -138,13 +138,19 @@ func TestLabRelayed(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		cfg  lab.Config
+		tun  bool // the gateway in its TUN mode
 	}{
-		{"symmetric NAT both sides", lab.Config{Home: lab.NAT{Mode: lab.Symmetric}, Site: lab.NAT{Mode: lab.Symmetric}}},
-		{"client UDP only to the relay", lab.Config{Home: lab.NAT{Mode: lab.Symmetric, BlockUDPExceptTo: netip.MustParseAddr("203.0.113.10")}, Site: lab.NAT{Mode: lab.Symmetric}}},
+		{"symmetric NAT both sides", lab.Config{Home: lab.NAT{Mode: lab.Symmetric}, Site: lab.NAT{Mode: lab.Symmetric}}, false},
+		{"client UDP only to the relay", lab.Config{Home: lab.NAT{Mode: lab.Symmetric, BlockUDPExceptTo: netip.MustParseAddr("203.0.113.10")}, Site: lab.NAT{Mode: lab.Symmetric}}, false},
+		{"symmetric NAT both sides, TUN gateway", lab.Config{Home: lab.NAT{Mode: lab.Symmetric}, Site: lab.NAT{Mode: lab.Symmetric}}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			nl := newNATLab(t, natLabOpts{lab: tc.cfg})
-			nl.startGateway()
+			if tc.tun {
+				nl.startGateway("--tun", "--tun-name", gatewayTUNName(nl.Lab))
+			} else {
+				nl.startGateway()
+			}
 			dir := nl.loginClient()
 			_, addr := nl.connect(dir, lab.AppName+":80", 18080)
 			for range 3 {

@@ -25,7 +25,7 @@ import (
 // stock wireguard-go in the same lab (make bench-lab).
 
 const (
-	tunBenchRuns = 3 // throughput runs per path; the median is reported
+	tunBenchRuns = 5 // throughput runs per path; the median is reported
 	// tunBenchWarmBytes is fetched once per path before the runs: the
 	// first transfer through fresh processes is consistently slower.
 	tunBenchWarmBytes = 64 << 20
@@ -50,11 +50,14 @@ var (
 
 // TestLabTUNFigures measures the client's TUN mode in one NAT lab run:
 // the throughput of one TCP stream from the app to a kernel socket on the
-// client through `keyhole up --tun` and the gateway, the same through
-// stock wireguard-go TUN↔TUN between the same two namespaces (the target
-// is at least 1.0× that), and the lab's plain routed path; then the
-// latency of the agent's resolver for a cached app name, a forwarded name
-// and the first query of a new name, which waits for the grant.
+// client through `keyhole up --tun` and the gateway in its TUN mode
+// (`keyhole gateway --tun`, the kernel forwarding), the same through the
+// gateway in its default userspace mode, the same through stock
+// wireguard-go TUN↔TUN between the same two namespaces (the target is at
+// least 1.0× that, for the TUN-mode gateway), and the lab's plain routed
+// path; then the latency of the agent's resolver for a cached app name, a
+// forwarded name and the first query of a new name, which waits for the
+// grant.
 func TestLabTUNFigures(t *testing.T) {
 	if os.Getenv(envLabBench) != "1" {
 		t.Skip(envLabBench + "=1 measures the TUN mode figures (make bench-lab)")
@@ -64,7 +67,7 @@ func TestLabTUNFigures(t *testing.T) {
 	}
 	loadBefore := loadAverage()
 	bin := buildStockWG(t)
-	tl := newTUNLab(t)
+	tl := newTUNLabWith(t, tunLabOpts{gatewayTUN: true})
 	// wireguard-go's UAPI socket is per host, not per namespace: a name of
 	// this lab's keeps the agent clear of any other lab's keyhole0.
 	dev := tl.Prefix() + "-kh"
@@ -75,30 +78,46 @@ func TestLabTUNFigures(t *testing.T) {
 	if p := tl.path(tl.dataDir); p != api.PathDirect {
 		t.Fatalf("client's path to the gateway is %q, want %q: the stock tunnel is direct", p, api.PathDirect)
 	}
-	rx0 := wgRxBytes(t, tl.must("wg", "show", dev, "transfer"))
-	keyhole := tl.downloads(netip.AddrPortFrom(wikiVIP, labAppPort))
-	if rx := wgRxBytes(t, tl.must("wg", "show", dev, "transfer")) - rx0; rx < uint64(tunBenchRuns*n) {
-		t.Fatalf("%s received %d bytes for %d downloads of %d: not through the tunnel", dev, rx, tunBenchRuns, n)
-	}
-
-	resolver := netip.AddrPortFrom(tl.overlayIP(t), 53)
-	cached, forwarded, first := tl.dnsFigures(t, resolver, wikiVIP)
-
-	if out, err := tl.runCmd(lab.Client, "", "down", "--data", tl.dataDir); err != nil {
-		t.Fatalf("keyhole down: %v\n%s", err, out)
-	}
-	<-agent.done
-
+	// Stock wireguard-go TUN↔TUN between the same two namespaces, up
+	// beside Keyhole: the runs alternate, so that both paths see the same
+	// machine (its load drifts over a run).
 	cl := startStockTunnel(t, tl.Lab, bin)
 	app := netip.AddrPortFrom(tl.Addr(lab.App), labAppPort)
 	if out := cl.must("ip", "route", "get", app.Addr().String()); !strings.Contains(out, "dev "+cl.name) {
 		t.Fatalf("the app's address is not routed into %s:\n%s", cl.name, out)
 	}
-	rx0 = cl.rxBytes()
-	stock := tl.downloads(app)
-	if rx := cl.rxBytes() - rx0; rx < uint64(tunBenchRuns*n) {
+	wiki := netip.AddrPortFrom(wikiVIP, labAppPort)
+	rx0, stockRx0 := wgRxBytes(t, tl.must("wg", "show", dev, "transfer")), cl.rxBytes()
+	keyhole, stock := tl.alternate(wiki, app)
+	if rx := wgRxBytes(t, tl.must("wg", "show", dev, "transfer")) - rx0; rx < uint64(tunBenchRuns*n) {
+		t.Fatalf("%s received %d bytes for %d downloads of %d: not through the tunnel", dev, rx, tunBenchRuns, n)
+	}
+	if rx := cl.rxBytes() - stockRx0; rx < uint64(tunBenchRuns*n) {
 		t.Fatalf("%s received %d bytes for %d downloads of %d: not through the tunnel", cl.name, rx, tunBenchRuns, n)
 	}
+
+	resolver := netip.AddrPortFrom(tl.overlayIP(t), 53)
+	cached, forwarded, first := tl.dnsFigures(t, resolver, wikiVIP)
+
+	// The same gateway (identity, port, grants) in its userspace mode,
+	// alternating with stock again.
+	tl.gw.stop()
+	tl.gwArgs = nil
+	tl.restartGateway()
+	waitFor(t, 60*time.Second, func() string {
+		out, err := tl.client(5*time.Second, "curl", "-sS", "--max-time", "2", fmt.Sprintf("http://%s/", wiki))
+		if err != nil || !strings.Contains(out, tl.marker) {
+			return fmt.Sprintf("wiki not reachable through the userspace gateway: %v %s", err, out)
+		}
+		return ""
+	})
+	tl.waitPath(tl.dataDir, api.PathDirect, 30*time.Second)
+	netstack, stock2 := tl.alternate(wiki, app)
+
+	if out, err := tl.runCmd(lab.Client, "", "down", "--data", tl.dataDir); err != nil {
+		t.Fatalf("keyhole down: %v\n%s", err, out)
+	}
+	<-agent.done
 
 	var plain []float64
 	for range tunBenchRuns {
@@ -106,24 +125,26 @@ func TestLabTUNFigures(t *testing.T) {
 	}
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "\none TCP stream, %d MiB from the app to a kernel socket on the client, median of %d after a %d MiB warm-up\n", n>>20, tunBenchRuns, tunBenchWarmBytes>>20)
-	fmt.Fprintf(&b, "%-40s %8s   %s\n", "path", "Mbit/s", "runs")
+	fmt.Fprintf(&b, "\none TCP stream, %d MiB from the app to a kernel socket on the client, median of %d after a %d MiB warm-up, Keyhole and stock runs alternating\n", n>>20, tunBenchRuns, tunBenchWarmBytes>>20)
+	fmt.Fprintf(&b, "%-42s %8s   %s\n", "path", "Mbit/s", "runs")
 	for _, r := range []struct {
 		name string
 		runs []float64
 	}{
-		{"keyhole up --tun → gateway → app", keyhole},
+		{"keyhole up --tun → gateway --tun → app", keyhole},
 		{"stock wireguard-go TUN↔TUN → app", stock},
+		{"keyhole up --tun → gateway (userspace)", netstack},
+		{"stock, alternating with the above", stock2},
 		{"plain routed, no tunnel (internet→client)", plain},
 	} {
-		fmt.Fprintf(&b, "%-40s %8.0f   %s\n", r.name, median(r.runs), formatRuns(r.runs))
+		fmt.Fprintf(&b, "%-42s %8.0f   %s\n", r.name, median(r.runs), formatRuns(r.runs))
 	}
 	k, s, p := median(keyhole), median(stock), median(plain)
 	verdict := "meets"
 	if k < s {
 		verdict = "BELOW"
 	}
-	fmt.Fprintf(&b, "keyhole/stock: %.2f (target ≥ 1.00, %s); keyhole/plain: %.2f; stock/plain: %.2f\n\n", k/s, verdict, k/p, s/p)
+	fmt.Fprintf(&b, "keyhole/stock: %.2f (gateway --tun; target ≥ 1.00, %s); userspace gateway/stock (its own stock runs): %.2f; keyhole/plain: %.2f; stock/plain: %.2f\n\n", k/s, verdict, median(netstack)/median(stock2), k/p, s/p)
 	fmt.Fprintf(&b, "agent resolver (UDP from the client namespace to %s, one query every %v)\n", resolver, dnsPace)
 	fmt.Fprintf(&b, "%-40s %8s %8s %8s\n", "query", "p50", "p99", "max")
 	for _, r := range []struct {
@@ -155,17 +176,17 @@ func (tl *tunLab) must(args ...string) string {
 	return out
 }
 
-// downloads fetches tunBenchWarmBytes, then benchBytes tunBenchRuns times
-// from the app at addr with a kernel socket in the client namespace, and
-// returns the Mbit/s of each run.
-func (tl *tunLab) downloads(addr netip.AddrPort) []float64 {
+// alternate warms both paths up, then fetches benchBytes tunBenchRuns
+// times from a and from b in turn, and returns the Mbit/s of each run.
+func (tl *tunLab) alternate(a, b netip.AddrPort) (ra, rb []float64) {
 	tl.t.Helper()
-	tl.fetchBytes(addr, tunBenchWarmBytes)
-	var runs []float64
+	tl.fetchBytes(a, tunBenchWarmBytes)
+	tl.fetchBytes(b, tunBenchWarmBytes)
 	for range tunBenchRuns {
-		runs = append(runs, tl.fetchBytes(addr, benchBytes))
+		ra = append(ra, tl.fetchBytes(a, benchBytes))
+		rb = append(rb, tl.fetchBytes(b, benchBytes))
 	}
-	return runs
+	return ra, rb
 }
 
 // fetchBytes gets n bytes from the app's /bytes at addr over a new

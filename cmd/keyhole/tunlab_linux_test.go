@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"regexp"
@@ -41,15 +42,39 @@ type tunLab struct {
 	*natLab
 	resolvConf string // the client namespace's resolv.conf before any agent ran
 	dataDir    string // alice's client data directory
+	gw         *proc  // the gateway
+	gwData     string // the gateway's data directory
+	gwArgs     []string
 }
 
+// tunLabOpts shape a TUN lab.
+type tunLabOpts struct {
+	// gatewayTUN runs the gateway in its TUN mode (keyhole gateway --tun)
+	// on interface gatewayTUNName(lab).
+	gatewayTUN bool
+}
+
+// gatewayTUNName is the TUN interface of a TUN-mode gateway in lab l:
+// wireguard-go's UAPI socket is per host, not per namespace.
+func gatewayTUNName(l *lab.Lab) string { return l.Prefix() + "-gw" }
+
 func newTUNLab(t *testing.T) *tunLab {
+	t.Helper()
+	return newTUNLabWith(t, tunLabOpts{})
+}
+
+func newTUNLabWith(t *testing.T, o tunLabOpts) *tunLab {
 	t.Helper()
 	var hosts = map[string]netip.Addr{}
 	nl := newNATLab(t, natLabOpts{lab: lab.Config{Hosts: hosts}})
 	app := nl.Addr(lab.App)
 	for _, n := range []string{lab.AppName, "a.corp.internal", "b.corp.internal", udpAppName, deniedAppName} {
 		hosts[n] = app
+	}
+	// The names TestLabTUNFigures times its first lookups with: the site
+	// knows them, as it would the real apps behind a wildcard.
+	for i := range dnsGrantNames {
+		hosts[fmt.Sprintf("n%d.corp.internal", i+1)] = app
 	}
 	// The hosts map is read when the lab is built, before we could know
 	// the app's address; write it again now that we do.
@@ -94,7 +119,11 @@ func newTUNLab(t *testing.T) *tunLab {
 	if err := nl.WriteEtc(lab.Client, "resolv.conf", []byte(tl.resolvConf)); err != nil {
 		t.Fatal(err)
 	}
-	nl.startGateway()
+	tl.gwData = t.TempDir()
+	if o.gatewayTUN {
+		tl.gwArgs = []string{"--tun", "--tun-name", gatewayTUNName(nl.Lab)}
+	}
+	tl.gw = nl.startGatewayData(tl.gwData, tl.gwArgs...)
 	tl.dataDir = nl.loginClient()
 	return tl
 }
@@ -325,24 +354,7 @@ func TestLabTUN(t *testing.T) {
 		}
 		// UDP app.
 		ev := tl.vip(udpAppName)
-		c, err := nsDial(tl.Lab, lab.Client)(tl.ctx, "udp", netip.AddrPortFrom(ev, udpAppPort).String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		got := make([]byte, 64)
-		ok := false
-		for i := 0; i < 10 && !ok; i++ { // UDP: the first datagram may race the handshake
-			if _, err := c.Write([]byte("ping-udp")); err != nil {
-				t.Fatal(err)
-			}
-			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-			n, err := c.Read(got)
-			ok = err == nil && string(got[:n]) == "ping-udp"
-		}
-		if !ok {
-			t.Fatal("no UDP echo from the UDP app")
-		}
+		tl.udpEcho(t, ev)
 		// ICMP echo to a granted address is answered by the gateway.
 		if out, err := tl.client(10*time.Second, "ping", "-c", "1", "-W", "3", wikiVIP.String()); err != nil {
 			t.Fatalf("ping %s: %v\n%s", wikiVIP, err, out)
@@ -413,42 +425,9 @@ func TestLabTUN(t *testing.T) {
 	})
 
 	t.Run("Revocation", func(t *testing.T) {
-		conn, err := nsDial(tl.Lab, lab.Client)(tl.ctx, "tcp", netip.AddrPortFrom(wikiVIP, labEchoPort).String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		conn := tl.openEcho(t, netip.AddrPortFrom(wikiVIP, labEchoPort))
 		defer conn.Close()
-		if _, err := conn.Write([]byte("hi")); err != nil {
-			t.Fatal(err)
-		}
-		buf := make([]byte, 2)
-		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := conn.Read(buf); err != nil {
-			t.Fatal(err)
-		}
-		gs, err := tl.admin.Grants(tl.ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var id api.GrantID
-		for _, g := range gs {
-			if g.App == "wiki" {
-				id = g.ID
-			}
-		}
-		if id == "" {
-			t.Fatalf("no wiki grant among %+v", gs)
-		}
-		start := time.Now()
-		if err := tl.admin.RevokeGrant(tl.ctx, id); err != nil {
-			t.Fatal(err)
-		}
-		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-		_, err = conn.Read(buf)
-		killed := time.Since(start)
-		if err == nil {
-			t.Fatal("connection still carries data after revocation")
-		}
+		start, killed, err := tl.revokeAndWait(t, "wiki", conn)
 		var gone time.Duration
 		waitFor(t, 3*time.Second, func() string {
 			if slices.Contains(tl.tunRoutes(), wikiVIP.String()) {
@@ -590,4 +569,71 @@ func rawQuery(name string) []byte {
 		b = append(b, l...)
 	}
 	return append(b, 0, 0, 1, 0, 1)
+}
+
+// udpEcho sends datagrams from the client namespace to the lab's UDP app
+// at its virtual address vip until one comes back (at most 10 tries: the
+// first may race the handshake), and fails t if none does.
+func (tl *tunLab) udpEcho(t *testing.T, vip netip.Addr) {
+	t.Helper()
+	c, err := nsDial(tl.Lab, lab.Client)(tl.ctx, "udp", netip.AddrPortFrom(vip, udpAppPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make([]byte, 64)
+	for range 10 {
+		if _, err := c.Write([]byte("ping-udp")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		if n, err := c.Read(got); err == nil && string(got[:n]) == "ping-udp" {
+			return
+		}
+	}
+	t.Fatalf("no UDP echo from the UDP app at %s", vip)
+}
+
+// openEcho connects from the client namespace to the lab's echo service
+// at addr and checks one round trip; the caller closes the connection.
+func (tl *tunLab) openEcho(t *testing.T, addr netip.AddrPort) net.Conn {
+	t.Helper()
+	conn, err := nsDial(tl.Lab, lab.Client)(tl.ctx, "tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2)
+	_, err = conn.Write([]byte("hi"))
+	if err == nil {
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = io.ReadFull(conn, buf)
+		_ = conn.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
+		conn.Close()
+		t.Fatalf("echo through %s: %v", addr, err)
+	}
+	return conn
+}
+
+// revokeAndWait revokes app's live grant and waits (up to 3 s) for conn,
+// open under it, to stop carrying data: it returns when the revocation
+// started, how long conn took to end, and the error conn ended with.
+func (tl *tunLab) revokeAndWait(t *testing.T, app string, conn net.Conn) (start time.Time, killed time.Duration, err error) {
+	t.Helper()
+	id := tl.liveGrant(t, app)
+	if id == "" {
+		t.Fatalf("no live %s grant to revoke", app)
+	}
+	start = time.Now()
+	if err := tl.admin.RevokeGrant(tl.ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	_, err = conn.Read(make([]byte, 2))
+	killed = time.Since(start)
+	if err == nil {
+		t.Fatal("connection still carries data after revocation")
+	}
+	return start, killed, err
 }

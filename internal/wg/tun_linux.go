@@ -42,6 +42,10 @@ type TUNConfig struct {
 	// Logger receives wireguard-go's logs at debug level; nil discards
 	// them.
 	Logger *slog.Logger
+	// Filter, if set, sees every packet WireGuard decrypted before it
+	// reaches the kernel, and drops those it refuses (the gateway's grant
+	// check). Nil lets every packet through, as the client's TUN does.
+	Filter PacketFilter
 }
 
 // TUN is a WireGuard interface on a kernel TUN device: the client's TUN
@@ -105,6 +109,9 @@ func NewTUN(cfg TUNConfig) (*TUN, error) {
 		name = real
 	}
 	t := &TUN{log: log, name: name, addr: cfg.Address, nl: nl, routes: make(map[netip.Prefix]struct{}), conns: make(map[net.Conn]struct{})}
+	if cfg.Filter != nil {
+		tdev = &filteredDevice{Device: tdev, filter: cfg.Filter}
+	}
 	d, err := startDevice(tdev, cfg.PrivateKey, cfg.ListenPort, log)
 	if err != nil {
 		nl.Close()

@@ -27,6 +27,7 @@ type TUNConfig struct {
 	MTU        int
 	ListenPort uint16
 	Logger     *slog.Logger
+	Filter     PacketFilter
 }
 
 // TUN is a WireGuard interface on a kernel TUN device (Linux only).
