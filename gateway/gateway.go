@@ -329,7 +329,7 @@ func (g *Gateway) WGPublicKey() key.WGPublic { return g.wgKey.Public() }
 // Port returns the WireGuard UDP port once Ready.
 func (g *Gateway) Port() uint16 { return g.net.Port() }
 
-func (g *Gateway) statePath() string { return filepath.Join(g.cfg.DataDir, "gateway.json") }
+func (g *Gateway) statePath() string { return filepath.Join(g.cfg.DataDir, stateFile) }
 
 func (g *Gateway) saveState() error {
 	b, err := json.MarshalIndent(g.st, "", "  ")
@@ -338,6 +338,17 @@ func (g *Gateway) saveState() error {
 	}
 	return trust.WriteSecret(g.statePath(), b)
 }
+
+// Enrolled reports whether dataDir holds an enrolled gateway's identity:
+// a start from it needs no token, and goes back to the controllers it
+// remembers unless Config names others.
+func Enrolled(dataDir string) bool {
+	_, err := os.Stat(filepath.Join(dataDir, stateFile))
+	return err == nil
+}
+
+// stateFile is the gateway's identity and remembered settings in DataDir.
+const stateFile = "gateway.json"
 
 // setup loads the gateway's identity from DataDir, or enrols with the
 // one-time token on the first start.

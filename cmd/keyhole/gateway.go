@@ -44,6 +44,10 @@ see docs/gateway.md for the trade-off.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			controllerTarget(cmd, &cfg.CAFingerprint, nil)
+			if !cmd.Flags().Changed("controller") && gateway.Enrolled(cfg.DataDir) {
+				// Not the flag's default: the controller it enrolled with.
+				cfg.ControllerURL = ""
+			}
 			cfg.ListenPort = port
 			var err error
 			if tokenFile != "" && cfg.Token == "" {

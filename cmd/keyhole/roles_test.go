@@ -106,6 +106,24 @@ func TestZeroConfigOnOneMachine(t *testing.T) {
 		}
 		return ""
 	})
+	// A later start needs neither the token nor --controller: the gateway
+	// goes back to the controller it enrolled with, not to the flag's
+	// default (this controller is not on the default port).
+	if code := gw.stop(t); code != 0 {
+		t.Fatalf("gateway exited %d: %s", code, gw.err)
+	}
+	gw = start(t, "gateway", "--name", "gw1")
+	defer gw.stop(t)
+	waitFor(t, 20*time.Second, func() string {
+		if code, done := gw.exited(); done {
+			t.Fatalf("restarted gateway exited %d: %s", code, gw.err)
+		}
+		gws := decodeJSON[[]api.Gateway](t, mustRun(t, "", "admin", "gateway", "list", "--json", "--controller", url))
+		if len(gws) != 1 || !gws[0].Connected {
+			return fmt.Sprintf("restarted gateway not connected: %+v\n%s", gws, gw.err)
+		}
+		return ""
+	})
 	// Secrets of the local controller are never sent to another one.
 	r := keyhole(t, "", "admin", "user", "list", "--controller", "https://keyhole.example:8443")
 	if r.code != 1 || !strings.Contains(r.stderr, "no admin token") {
