@@ -101,7 +101,10 @@ func (c *Controller) authDevice(r *http.Request) (deviceCaller, error) {
 	if tok == "" {
 		return deviceCaller{}, unauthorized("no session; run keyhole login")
 	}
-	s, err := c.store.Session(r.Context(), auth.HashToken(tok))
+	// The session, its device and the device's user in one read: every
+	// grant request (and renewal, posture report…) starts here.
+	ds, err := c.store.DeviceSession(r.Context(), auth.HashToken(tok))
+	s := ds.Session
 	if errors.Is(err, store.ErrNotFound) {
 		return deviceCaller{}, unauthorized("session not valid; run keyhole login")
 	}
@@ -115,8 +118,8 @@ func (c *Controller) authDevice(r *http.Request) (deviceCaller, error) {
 	if !c.now().Before(s.ExpiresAt) {
 		return deviceCaller{}, errf(http.StatusUnauthorized, api.CodeExpired, "session expired; run keyhole login")
 	}
-	d, err := c.store.Device(r.Context(), s.DeviceID)
-	if err != nil {
+	d := ds.Device
+	if err := ds.DeviceErr; err != nil {
 		return deviceCaller{}, storeErr("device", err)
 	}
 	if d.Disabled {
@@ -126,14 +129,33 @@ func (c *Controller) authDevice(r *http.Request) (deviceCaller, error) {
 		c.log.Warn("device certificate for a retired key", "device_id", d.ID, "source", remoteAddr(r))
 		return deviceCaller{}, unauthorized("this device's key was replaced (a key rotation or a newer login); run keyhole login")
 	}
-	u, err := c.store.User(r.Context(), d.User)
-	if err != nil {
+	u := ds.User
+	if ds.UserErr != nil {
 		return deviceCaller{}, unauthorized("user of this device no longer exists")
 	}
 	if u.Disabled {
 		return deviceCaller{}, errf(http.StatusForbidden, api.CodeForbidden, "user %s is disabled; ask an admin", u.Name)
 	}
 	return deviceCaller{device: d, user: u, MFAAt: s.MFAAt, sessionEnd: s.ExpiresAt}, nil
+}
+
+// streamGateway is gateway for the calls a gateway makes about its open
+// control stream (acks, one per push): while the stream is held here, the
+// gateway it was opened for (read from the store when the stream opened,
+// and kept up to date by its hellos and drains) stands in for a store
+// read per call. The certificate is checked on every call all the same.
+func (c *Controller) streamGateway(fn func(http.ResponseWriter, *http.Request, gatewayCaller) error) handler {
+	slow := c.gateway(fn)
+	return func(w http.ResponseWriter, r *http.Request) error {
+		id, err := c.peerIdentity(r, trust.KindGateway)
+		if err != nil {
+			return err
+		}
+		if g, ok := c.hub.info(api.GatewayID(id)); ok {
+			return fn(w, r, gatewayCaller{gateway: g})
+		}
+		return slow(w, r)
+	}
 }
 
 func (c *Controller) gateway(fn func(http.ResponseWriter, *http.Request, gatewayCaller) error) handler {

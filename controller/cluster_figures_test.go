@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/keyhole-net/keyhole/controller/cluster"
 	"github.com/keyhole-net/keyhole/gateway"
 	"github.com/keyhole-net/keyhole/internal/api"
 )
@@ -33,8 +36,15 @@ func TestClusterFigures(t *testing.T) {
 		gateways = 10
 		apps     = 150
 		workers  = 12
+		farApps  = 50
 	)
-	envs := newClusterEnvs(t, 3)
+	// Production timings (memberlist's LAN defaults, the default re-sync,
+	// announce and catalog intervals), not the short ones of the tests:
+	// the figure is what a deployment gets.
+	envs := newClusterEnvsWith(t, 3, func(cc *ClusterConfig) {
+		cc.Timing = cluster.Timing{}
+		cc.ResyncInterval, cc.AnnounceInterval, cc.CatalogInterval = 0, 0, 0
+	})
 	a := envs[0]
 	ctx := context.Background()
 	a.must(a.admin.AddGatewayGroup(ctx, "site"))
@@ -71,6 +81,7 @@ func TestClusterFigures(t *testing.T) {
 		}
 	}
 
+	var rateOf func(name string, ds []*testDevice, prefix string, apps int)
 	// Grant issue rate: workers devices, each walking the apps (every
 	// request a fresh grant), through one controller, then spread over
 	// three.
@@ -78,7 +89,8 @@ func TestClusterFigures(t *testing.T) {
 	for range 2 * workers {
 		devs = append(devs, a.login("alice"))
 	}
-	rate := func(name string, ds []*testDevice) {
+	rate := func(name string, ds []*testDevice) { rateOf(name, ds, "app", apps) }
+	rateOf = func(name string, ds []*testDevice, prefix string, apps int) {
 		var n atomic.Int64
 		lat := make([][]time.Duration, len(ds))
 		var wg sync.WaitGroup
@@ -89,7 +101,7 @@ func TestClusterFigures(t *testing.T) {
 				defer wg.Done()
 				for k := range apps {
 					t0 := time.Now()
-					if _, err := d.grant(fmt.Sprintf("app-%d", k)); err != nil {
+					if _, err := d.grant(fmt.Sprintf("%s-%d", prefix, k)); err != nil {
 						t.Errorf("%s: grant: %v", name, err)
 						return
 					}
@@ -104,12 +116,52 @@ func TestClusterFigures(t *testing.T) {
 		slices.Sort(all)
 		t.Logf("grant issue, %s, %d devices: %.0f grants/s, p50 %v, p99 %v", name, len(ds), float64(n.Load())/took.Seconds(), quantile(all, 0.5), quantile(all, 0.99))
 	}
-	rate("1 controller", devs[:workers])
+	// KEYHOLE_BENCH_CPUPROFILE=DIR writes a CPU profile of this process
+	// (controllers, gateways and load) per phase: DIR/grants-1.pprof and
+	// DIR/grants-3.pprof.
+	profiled := func(file string, f func()) {
+		dir := os.Getenv("KEYHOLE_BENCH_CPUPROFILE")
+		if dir == "" {
+			f()
+			return
+		}
+		out, err := os.Create(filepath.Join(dir, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer out.Close()
+		if err := pprof.StartCPUProfile(out); err != nil {
+			t.Fatal(err)
+		}
+		f()
+		pprof.StopCPUProfile()
+	}
+	profiled("grants-1.pprof", func() { rate("1 controller", devs[:workers]) })
 	spread := make([]*testDevice, workers)
 	for i, d := range devs[workers:] {
 		spread[i] = d.via(envs[i%len(envs)])
 	}
-	rate("3 controllers", spread)
+	profiled("grants-3.pprof", func() { rate("3 controllers", spread) })
+
+	// Relayed: apps of a group whose gateways only the third controller
+	// holds, asked of the first, so every push and its ack cross between
+	// controllers.
+	a.must(a.admin.AddGatewayGroup(ctx, "far"))
+	for i := range farApps {
+		a.must(a.admin.AddApp(ctx, api.AppCreate{Name: fmt.Sprintf("far-%d", i), Domains: []string{fmt.Sprintf("far-%d.corp.internal", i)}, Ports: tcp443, GatewayGroup: "far"}))
+	}
+	for range 2 {
+		gw := envs[2].addGatewayWith("far", nil)
+		gws[gw.ID()] = gw
+		waitOwner(t, a, gw, envs[2])
+	}
+	eventually(t, 10*time.Second, func() error {
+		if _, ok := a.c.catalog.Load().apps[fmt.Sprintf("far-%d", farApps-1)]; !ok {
+			return fmt.Errorf("catalog of %s lacks the far apps", a.c.ID())
+		}
+		return nil
+	})
+	profiled("grants-relayed.pprof", func() { rateOf("relayed to the controller holding the gateway", devs[:workers], "far", farApps) })
 
 	// Revocation propagation: each live grant revoked through a
 	// controller in turn, timed until its gateway drops it.

@@ -24,6 +24,13 @@ import (
 // and waits until every one sees all n members.
 func newClusterEnvs(t *testing.T, n int) []*testEnv {
 	t.Helper()
+	return newClusterEnvsWith(t, n, nil)
+}
+
+// newClusterEnvsWith is newClusterEnvs with each controller's cluster
+// configuration changed by tune (nil: the short timings for tests).
+func newClusterEnvsWith(t *testing.T, n int, tune func(*ClusterConfig)) []*testEnv {
+	t.Helper()
 	url := pgtest.Start(t).NewDatabase(t)
 	caDir := t.TempDir()
 	key := make([]byte, 32)
@@ -39,6 +46,9 @@ func newClusterEnvs(t *testing.T, n int) []*testEnv {
 				ResyncInterval: 300 * time.Millisecond, AnnounceInterval: 500 * time.Millisecond,
 				CatalogInterval: 500 * time.Millisecond,
 			},
+		}
+		if tune != nil {
+			tune(cfg.Cluster)
 		}
 		e := startTestEnv(t, cfg, 0)
 		eventually(t, 5*time.Second, func() error {
@@ -157,12 +167,7 @@ func TestCluster(t *testing.T) {
 
 	// Admin setup on A; the gateway enrols with and streams to B.
 	adm := a.admin
-	a.must(adm.AddGatewayGroup(ctx, "site"))
-	a.must(adm.AddGroup(ctx, "eng"))
-	a.must(adm.AddUser(ctx, api.UserCreate{Name: "alice", Password: testPassword, Groups: []string{"eng"}}))
-	tcp443 := []api.PortRange{{Proto: "tcp", First: 443, Last: 443}}
-	a.must(adm.AddApp(ctx, api.AppCreate{Name: "wiki", Domains: []string{"wiki.corp.internal"}, Ports: tcp443, GatewayGroup: "site"}))
-	a.must(adm.AddPolicy(ctx, api.PolicyRuleCreate{Action: api.Allow, Groups: []string{"eng"}, Apps: []string{"*"}}))
+	a.seedWiki(ctx)
 	gw := b.addGatewayWith("site", []string{c.url, a.url})
 	waitOwner(t, a, gw, b)
 	waitOwner(t, c, gw, b)
@@ -232,7 +237,7 @@ func TestCluster(t *testing.T) {
 	}
 
 	// A catalog change on C reaches A's catalog.
-	c.must(c.admin.AddApp(ctx, api.AppCreate{Name: "docs", Domains: []string{"docs.corp.internal"}, Ports: tcp443, GatewayGroup: "site"}))
+	c.must(c.admin.AddApp(ctx, api.AppCreate{Name: "docs", Domains: []string{"docs.corp.internal"}, Ports: []api.PortRange{{Proto: "tcp", First: 443, Last: 443}}, GatewayGroup: "site"}))
 	eventually(t, 3*time.Second, func() error {
 		if _, ok := a.c.catalog.Load().apps["docs"]; !ok {
 			return errors.New("A's catalog lacks the app added on C")
@@ -327,4 +332,17 @@ func TestClusterNeedsKey(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "gossip key") {
 		t.Fatalf("New without a key: %v", err)
 	}
+}
+
+// seedWiki sets up, through e's admin API, what the cluster tests share:
+// gateway group "site", alice in group eng, the wiki app on tcp/443 and a
+// rule allowing eng every app.
+func (e *testEnv) seedWiki(ctx context.Context) {
+	adm := e.admin
+	e.must(adm.AddGatewayGroup(ctx, "site"))
+	e.must(adm.AddGroup(ctx, "eng"))
+	e.must(adm.AddUser(ctx, api.UserCreate{Name: "alice", Password: testPassword, Groups: []string{"eng"}}))
+	tcp443 := []api.PortRange{{Proto: "tcp", First: 443, Last: 443}}
+	e.must(adm.AddApp(ctx, api.AppCreate{Name: "wiki", Domains: []string{"wiki.corp.internal"}, Ports: tcp443, GatewayGroup: "site"}))
+	e.must(adm.AddPolicy(ctx, api.PolicyRuleCreate{Action: api.Allow, Groups: []string{"eng"}, Apps: []string{"*"}}))
 }

@@ -9,7 +9,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -175,6 +177,9 @@ func (c *Controller) remoteGateways(group string) []store.Gateway {
 	}
 	c.peers.mu.Lock()
 	defer c.peers.mu.Unlock()
+	if len(c.peers.gateways) == 0 {
+		return nil
+	}
 	var out []store.Gateway
 	for _, r := range c.peers.gateways {
 		if r.info.Group == group {
@@ -242,7 +247,14 @@ type pushAck struct {
 	Error string      `json:"error,omitempty"`
 	// Candidates are the gateway's, for the client to punch towards.
 	Candidates []api.Candidate `json:"candidates,omitempty"`
+	// NotHeld says the controller asked does not hold the gateway's
+	// stream (it moved): the push may yet reach it elsewhere.
+	NotHeld bool `json:"not_held,omitempty"`
 }
+
+// errNotHeld means the controller asked to push does not hold the
+// gateway's stream (any more).
+var errNotHeld = errors.New("the controller asked does not hold the gateway's stream")
 
 // gatewayCandidates returns the candidates gw last reported, to this
 // controller or (through a relayed push's ack) to the one holding it.
@@ -294,11 +306,84 @@ func (c *Controller) streamClosed(gw store.Gateway) {
 }
 
 // pushRemote asks the controller holding g's gateway to push g, and waits
-// (within ctx) for its ack.
+// (within ctx) for its ack: over the direct channel to that controller
+// first; when the channel fails, through gossip, while watching for the
+// gateway's stream to move (here, or to another controller, which is then
+// asked directly). A grant is in the store before it is pushed, so a push
+// that reaches no one is not lost: the gateway's next sync (on reconnect,
+// or the holder's re-sync with the store) carries it.
 func (c *Controller) pushRemote(ctx context.Context, g store.Grant, cands []api.Candidate) error {
 	var nonce [8]byte
 	_, _ = rand.Read(nonce[:])
 	p := grantPush{Push: hex.EncodeToString(nonce[:]), Grant: g.ID, Gateway: g.GatewayID, Candidates: cands}
+	owner, _ := c.gatewayOwner(g.GatewayID)
+	a, err := c.pushLink(ctx, owner, p)
+	if err == nil {
+		c.metrics.relayedPushes.WithLabelValues("link", "ok").Inc()
+		return c.remoteAcked(g, a)
+	}
+	if !(errors.Is(err, cluster.ErrLink) || errors.Is(err, errNotHeld)) || ctx.Err() != nil {
+		c.metrics.relayedPushes.WithLabelValues("link", "failed").Inc()
+		return fmt.Errorf("push to %s through controller %s: %w", g.GatewayID, owner, err)
+	}
+	c.log.Warn("direct push to the gateway's controller failed; relaying it through gossip", "controller_id", owner, "grant_id", g.ID, "err", err)
+	err = c.pushGossip(ctx, g, p, owner)
+	result := "ok"
+	if err != nil {
+		result = "failed"
+	}
+	c.metrics.relayedPushes.WithLabelValues("gossip", result).Inc()
+	return err
+}
+
+// pushLink sends p to controller owner over the direct channel and
+// returns its ack; an error wrapping cluster.ErrLink means the channel
+// failed, not the push.
+func (c *Controller) pushLink(ctx context.Context, owner string, p grantPush) (pushAck, error) {
+	cl := c.cluster.Load()
+	if cl == nil {
+		return pushAck{}, fmt.Errorf("%w: not in a cluster", cluster.ErrLink)
+	}
+	body, err := json.Marshal(p)
+	if err != nil {
+		return pushAck{}, fmt.Errorf("push %s: %w", p.Grant, err)
+	}
+	out, err := cl.Call(ctx, owner, linkPushPath, body)
+	if err != nil {
+		return pushAck{}, err
+	}
+	var a pushAck
+	if err := json.Unmarshal(out, &a); err != nil || a.Push != p.Push || a.Grant != p.Grant {
+		return pushAck{}, fmt.Errorf("%w: controller %s answered the push with something else", cluster.ErrLink, owner)
+	}
+	if a.NotHeld {
+		return pushAck{}, fmt.Errorf("controller %s: %w", owner, errNotHeld)
+	}
+	if !a.OK {
+		return pushAck{}, fmt.Errorf("refused: %s", a.Error)
+	}
+	return a, nil
+}
+
+// remoteAcked records what a remote push's ack tells of the gateway.
+func (c *Controller) remoteAcked(g store.Grant, a pushAck) error {
+	if !a.OK {
+		return fmt.Errorf("push to %s through another controller: %s", g.GatewayID, a.Error)
+	}
+	c.peers.mu.Lock()
+	if r, ok := c.peers.gateways[g.GatewayID]; ok {
+		r.candidates = a.Candidates
+		c.peers.gateways[g.GatewayID] = r
+	}
+	c.peers.mu.Unlock()
+	return nil
+}
+
+// pushGossip relays p through gossip to whichever controller holds the
+// gateway and waits for its ack. It also polls where the gateway's stream
+// is: once here, g is pushed here; once held by a controller other than
+// failed, that one is asked over the direct channel.
+func (c *Controller) pushGossip(ctx context.Context, g store.Grant, p grantPush, failed string) error {
 	for len(p.Candidates) > 0 {
 		if b, _ := json.Marshal(p); len(b) <= cluster.MaxBodyBytes {
 			break
@@ -315,21 +400,142 @@ func (c *Controller) pushRemote(ctx context.Context, g store.Grant, cands []api.
 		c.peers.mu.Unlock()
 	}()
 	c.broadcast(kindGrantPush, p)
-	select {
-	case a := <-ch:
-		if !a.OK {
-			return fmt.Errorf("push to %s through another controller: %s", g.GatewayID, a.Error)
+	poll := time.NewTicker(pushPollInterval)
+	defer poll.Stop()
+	for {
+		select {
+		case a := <-ch:
+			if a.NotHeld {
+				continue // the gateway moved on; another holder may ack
+			}
+			return c.remoteAcked(g, a)
+		case <-poll.C:
+			if c.hub.connected(g.GatewayID) {
+				gg := c.gatewayGrant(g)
+				gg.ClientCandidates = p.Candidates
+				return c.hub.push(ctx, g.GatewayID, api.StreamEvent{Type: api.EventGrant, Time: c.now(), Grants: []api.GatewayGrant{gg}})
+			}
+			if owner, ok := c.gatewayOwner(g.GatewayID); ok && owner != failed {
+				a, err := c.pushLink(ctx, owner, p)
+				if err == nil {
+					return c.remoteAcked(g, a)
+				}
+				if !errors.Is(err, cluster.ErrLink) && !errors.Is(err, errNotHeld) {
+					return fmt.Errorf("push to %s through controller %s: %w", g.GatewayID, owner, err)
+				}
+				failed = owner
+			}
+		case <-ctx.Done():
+			return fmt.Errorf("push to %s through another controller: waiting for ack: %w", g.GatewayID, ctx.Err())
 		}
-		c.peers.mu.Lock()
-		if r, ok := c.peers.gateways[g.GatewayID]; ok {
-			r.candidates = a.Candidates
-			c.peers.gateways[g.GatewayID] = r
-		}
-		c.peers.mu.Unlock()
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("push to %s through another controller: waiting for ack: %w", g.GatewayID, ctx.Err())
 	}
+}
+
+// pushPollInterval is how often a push relayed through gossip checks
+// whether the gateway's stream moved.
+const pushPollInterval = 50 * time.Millisecond
+
+// linkPushPath is the direct channel's request to push a grant to a
+// gateway held by the controller called (body grantPush, answer pushAck).
+const linkPushPath = "/v1/cluster/push"
+
+// linkHandler serves the direct channel's requests from other
+// controllers (cluster.Config.Link).
+func (r *clusterRun) linkHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+linkPushPath, r.handleLinkPush)
+	mux.HandleFunc("POST "+linkRevokePath, r.handleLinkRevoke)
+	return mux
+}
+
+// linkRevokePath is the direct channel's notice of grants revoked on the
+// controller calling (body revokedIDs): the fast path of a revocation to
+// the gateways held elsewhere. The same IDs also travel by gossip.
+const linkRevokePath = "/v1/cluster/revoked"
+
+// revokedIDs is the body of a linkRevokePath request.
+type revokedIDs struct {
+	IDs []string `json:"ids"`
+}
+
+// maxLinkRevokeIDs bounds the IDs of one linkRevokePath request.
+const maxLinkRevokeIDs = 1000
+
+// handleLinkRevoke pushes another controller's revocation to the gateways
+// held here, as its gossip would (relayRevocation: the store decides).
+func (r *clusterRun) handleLinkRevoke(w http.ResponseWriter, req *http.Request) {
+	if _, ok := cluster.LinkPeer(req.Context()); !ok {
+		http.Error(w, "not a controller of this cluster", http.StatusForbidden)
+		return
+	}
+	var body revokedIDs
+	err := json.NewDecoder(io.LimitReader(req.Body, cluster.MaxLinkBodyBytes)).Decode(&body)
+	if err == nil && (len(body.IDs) == 0 || len(body.IDs) > maxLinkRevokeIDs) {
+		err = fmt.Errorf("want 1-%d IDs", maxLinkRevokeIDs)
+	}
+	for _, id := range body.IDs {
+		if err == nil && (id == "" || len(id) > 128) {
+			err = errors.New("bad grant ID")
+		}
+	}
+	if err != nil {
+		http.Error(w, "bad revocation: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !r.enter() {
+		http.Error(w, "controller is stopping", http.StatusServiceUnavailable)
+		return
+	}
+	defer r.bg.Done()
+	ctx, cancel := context.WithTimeout(r.ctx, r.c.cfg.AckTimeout)
+	defer cancel()
+	r.relayRevocation(ctx, body.IDs)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleLinkPush pushes a grant another controller issued to a gateway
+// held here and answers with the gateway's ack.
+func (r *clusterRun) handleLinkPush(w http.ResponseWriter, req *http.Request) {
+	peer, ok := cluster.LinkPeer(req.Context())
+	if !ok {
+		http.Error(w, "not a controller of this cluster", http.StatusForbidden)
+		return
+	}
+	var p grantPush
+	body, err := io.ReadAll(io.LimitReader(req.Body, cluster.MaxLinkBodyBytes+1))
+	if err == nil && len(body) > cluster.MaxLinkBodyBytes {
+		err = errors.New("body too large")
+	}
+	if err == nil {
+		err = json.Unmarshal(body, &p)
+	}
+	if err == nil && (p.Push == "" || p.Grant == "" || p.Gateway == "" || len(p.Candidates) > api.MaxCandidates) {
+		err = errors.New("incomplete push")
+	}
+	if err != nil {
+		http.Error(w, "bad push: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !r.enter() {
+		http.Error(w, "controller is stopping", http.StatusServiceUnavailable)
+		return
+	}
+	defer r.bg.Done()
+	ctx, cancel := context.WithCancel(req.Context())
+	defer cancel()
+	stop := context.AfterFunc(r.ctx, cancel)
+	defer stop()
+	a := r.pushHere(ctx, p)
+	if !a.OK {
+		r.c.log.Warn("relayed grant push failed", "grant_id", p.Grant, "gateway_id", p.Gateway, "controller_id", peer, "err", a.Error)
+	}
+	b, err := json.Marshal(a)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
 }
 
 // clusterRevoked tells the other controllers of grants revoked here.
@@ -349,6 +555,12 @@ func (c *Controller) clusterRevoked(revoked []store.Grant) {
 	if _, err := cl.Revoked(ids, until); err != nil && !errors.Is(err, cluster.ErrClosed) {
 		c.log.Warn("cluster revocation broadcast failed; the store re-sync will deliver it", "err", err)
 	}
+	// The fast path: every other controller hears of it directly now.
+	for chunk := range slices.Chunk(ids, maxLinkRevokeIDs) {
+		if b, err := json.Marshal(revokedIDs{IDs: chunk}); err == nil {
+			cl.Tell(linkRevokePath, b, c.cfg.AckTimeout)
+		}
+	}
 }
 
 // clusterRun is one run of the controller's cluster membership: the
@@ -357,8 +569,56 @@ type clusterRun struct {
 	c      *Controller
 	cfg    ClusterConfig
 	ctx    context.Context
-	bg     sync.WaitGroup // relayed pushes and revocations
+	bg     sync.WaitGroup // relayed pushes and revocations, direct-channel requests
 	resync chan struct{}  // cap 1: re-sync every stream with the store now
+
+	// mu guards stopped (set before bg.Wait, so no direct-channel request
+	// adds to bg after it) and relayed: grants whose revocation was
+	// relayed here lately, by when, as it comes both over the direct
+	// channel and through gossip.
+	mu      sync.Mutex
+	stopped bool
+	relayed map[api.GrantID]time.Time
+}
+
+// maxRelayedRevocations bounds clusterRun.relayed.
+const maxRelayedRevocations = 65536
+
+// enter counts a direct-channel request in r.bg, unless the run is
+// stopping; a true return must be followed by r.bg.Done.
+func (r *clusterRun) enter() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped || r.ctx.Err() != nil {
+		return false
+	}
+	r.bg.Add(1)
+	return true
+}
+
+// notRelayed returns the IDs among ids whose revocation was not relayed
+// here within the last minute.
+func (r *clusterRun) notRelayed(ids []string, now time.Time) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := ids[:0:0]
+	for _, id := range ids {
+		if at, ok := r.relayed[api.GrantID(id)]; ok && now.Sub(at) < time.Minute {
+			continue
+		}
+		out = append(out, id)
+	}
+	return out
+}
+
+// markRelayed records that the revocation of id was relayed here.
+func (r *clusterRun) markRelayed(id api.GrantID, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.relayed == nil || len(r.relayed) >= maxRelayedRevocations {
+		r.relayed = make(map[api.GrantID]time.Time)
+	}
+	r.relayed[id] = now
 }
 
 // startCluster joins the cluster; the returned stop leaves it and waits
@@ -385,6 +645,7 @@ func (c *Controller) startCluster(ctx context.Context) (stop func(), err error) 
 		Timing: cfg.Timing, Logger: c.log.With("component", "cluster"),
 		Handler:  r.onEvent,
 		OnMember: r.onMember,
+		Link:     r.linkHandler(),
 	})
 	if err != nil {
 		cancel()
@@ -404,6 +665,9 @@ func (c *Controller) startCluster(ctx context.Context) (stop func(), err error) 
 		if err := cl.Close(); err != nil {
 			c.log.Warn("cluster close", "err", err)
 		}
+		r.mu.Lock()
+		r.stopped = true
+		r.mu.Unlock()
 		r.bg.Wait()
 		c.peers.mu.Lock()
 		clear(c.peers.gateways)
@@ -421,7 +685,18 @@ func (r *clusterRun) loop() {
 	defer resync.Stop()
 	catalog := time.NewTicker(r.cfg.CatalogInterval)
 	defer catalog.Stop()
+	// A difference a re-sync saw is checked again after grace, not a
+	// whole interval later.
+	grace := resyncGrace(r.cfg.ResyncInterval)
+	confirm := time.NewTimer(grace)
+	confirm.Stop()
+	defer confirm.Stop()
+	var again bool
 	for {
+		if again {
+			confirm.Reset(grace)
+			again = false
+		}
 		select {
 		case <-r.ctx.Done():
 			return
@@ -429,9 +704,11 @@ func (r *clusterRun) loop() {
 			r.c.announceGateways(kindGatewayHere, r.c.hub.ids())
 			r.c.forgetStale(r.c.now().Add(-3 * r.cfg.AnnounceInterval))
 		case <-resync.C:
-			r.c.resyncStreams(r.ctx)
+			again = r.c.resyncStreams(r.ctx, grace)
 		case <-r.resync:
-			r.c.resyncStreams(r.ctx)
+			again = r.c.resyncStreams(r.ctx, grace)
+		case <-confirm.C:
+			again = r.c.resyncStreams(r.ctx, grace)
 		case <-catalog.C:
 			r.c.reloadFromPeers(r.ctx)
 		}
@@ -575,13 +852,39 @@ func (c *Controller) forgetStale(before time.Time) {
 }
 
 // relayPush pushes a grant another controller issued to a gateway held
-// here, re-read from the store (the event carries IDs only), and tells
-// that controller whether the gateway took it.
+// here (pushHere) and tells that controller, through gossip, whether the
+// gateway took it.
 func (r *clusterRun) relayPush(p grantPush) {
 	c := r.c
-	ack := pushAck{Push: p.Push, Grant: p.Grant}
 	ctx, cancel := context.WithTimeout(r.ctx, c.cfg.AckTimeout)
 	defer cancel()
+	ack := r.pushHere(ctx, p)
+	for len(ack.Candidates) > 0 {
+		if b, _ := json.Marshal(ack); len(b) <= cluster.MaxBodyBytes {
+			break
+		}
+		ack.Candidates = ack.Candidates[:len(ack.Candidates)-1]
+	}
+	if !ack.OK {
+		c.log.Warn("relayed grant push failed", "grant_id", p.Grant, "gateway_id", p.Gateway, "err", ack.Error)
+	}
+	c.broadcast(kindGrantAck, ack)
+}
+
+// pushHere pushes a grant another controller issued to a gateway held
+// here, re-read from the store (the request carries IDs only: the store
+// is the truth, and a revoked or expired grant is not pushed), and
+// returns the gateway's ack, bounded by the ack timeout.
+func (r *clusterRun) pushHere(ctx context.Context, p grantPush) pushAck {
+	c := r.c
+	ack := pushAck{Push: p.Push, Grant: p.Grant}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.AckTimeout)
+	defer cancel()
+	if !c.hub.connected(p.Gateway) {
+		ack.Error = "gateway " + string(p.Gateway) + " is not connected to controller " + c.id
+		ack.NotHeld = true
+		return ack
+	}
 	g, err := c.store.Grant(ctx, p.Grant)
 	switch {
 	case err != nil:
@@ -603,22 +906,16 @@ func (r *clusterRun) relayPush(p grantPush) {
 			ack.Candidates = c.hub.liveInfo(g.GatewayID).candidates
 		}
 	}
-	for len(ack.Candidates) > 0 {
-		if b, _ := json.Marshal(ack); len(b) <= cluster.MaxBodyBytes {
-			break
-		}
-		ack.Candidates = ack.Candidates[:len(ack.Candidates)-1]
-	}
-	if !ack.OK {
-		c.log.Warn("relayed grant push failed", "grant_id", p.Grant, "gateway_id", p.Gateway, "err", ack.Error)
-	}
-	c.broadcast(kindGrantAck, ack)
+	return ack
 }
 
 // relayRevocation pushes another controller's revocation of ids to the
 // gateways held here and tells the devices listening here.
 func (r *clusterRun) relayRevocation(ctx context.Context, ids []string) {
 	c := r.c
+	if ids = r.notRelayed(ids, c.now()); len(ids) == 0 {
+		return
+	}
 	byGateway := make(map[api.GatewayID][]api.GrantID)
 	reasons := make(map[api.GatewayID]string)
 	for _, id := range ids {
@@ -632,6 +929,7 @@ func (r *clusterRun) relayRevocation(ctx context.Context, ids []string) {
 		if g.RevokedAt.IsZero() {
 			continue // not (yet) revoked in the store: the store decides
 		}
+		r.markRelayed(g.ID, c.now())
 		c.devices.publish(g.DeviceID, api.DeviceEvent{Type: api.DeviceEventGrantRevoked, GrantID: g.ID, Reason: g.RevokeReason, Time: g.RevokedAt})
 		if c.hub.connected(g.GatewayID) {
 			byGateway[g.GatewayID] = append(byGateway[g.GatewayID], g.ID)
@@ -680,37 +978,55 @@ type catalogNote struct {
 }
 
 // resyncStreams checks every stream held here against the store and sends
-// a fresh sync to those whose live grants changed since their last sync.
-func (c *Controller) resyncStreams(ctx context.Context) {
+// a fresh sync to those whose live grants changed since their last sync,
+// and still differ after grace (see resyncStream). It reports whether a
+// difference seen now awaits its confirmation: the caller checks again
+// after grace, so healing takes one interval plus grace at most.
+func (c *Controller) resyncStreams(ctx context.Context, grace time.Duration) (pending bool) {
 	for _, s := range c.hub.all() {
 		if ctx.Err() != nil {
-			return
+			return false
 		}
-		if err := c.resyncStream(ctx, s); err != nil && !errors.Is(err, errStreamClosed) {
+		p, err := c.resyncStream(ctx, s, grace)
+		if err != nil && !errors.Is(err, errStreamClosed) {
 			c.log.Warn("gateway stream re-sync failed", "gateway_id", s.info.ID, "err", err)
 		}
+		pending = pending || p
 	}
+	return pending
+}
+
+// resyncGrace is how long a difference between the store and a stream
+// must last before a re-sync sends a sync: a grant committed but not yet
+// pushed (or revoked but not yet pushed) is a difference for the moment it
+// is in flight, and a full sync for it would only repeat the push.
+func resyncGrace(interval time.Duration) time.Duration {
+	return min(interval/2, time.Second)
 }
 
 // resyncStream sends s a sync of its gateway's live grants if they differ
-// from what it was last synced with. A push queued while the store was
-// read may be newer than the snapshot, so the sync is then left to the
-// next round rather than sent after it.
-func (c *Controller) resyncStream(ctx context.Context, s *gwStream) error {
+// from what it was last synced with, in some grant that already differed
+// at least grace ago (grace 0: at once); pending reports a difference
+// still waiting for that. A push queued while the store was read may be
+// newer than the snapshot, so the sync is then left to the next round
+// rather than sent after it.
+func (c *Controller) resyncStream(ctx context.Context, s *gwStream, grace time.Duration) (pending bool, err error) {
 	s.mu.Lock()
 	before := s.nextSeq
 	s.mu.Unlock()
 	live, err := c.store.LiveGrants(ctx, c.now(), s.info.ID, "")
 	if err != nil {
-		return fmt.Errorf("re-sync %s: %w", s.info.ID, err)
+		return false, fmt.Errorf("re-sync %s: %w", s.info.ID, err)
+	}
+	now := c.now()
+	diff, confirmed := s.diff(live, now, grace)
+	if !confirmed {
+		return diff, nil
 	}
 	ev := c.syncEvent(live)
-	if !s.differs(ev.Grants, c.now()) {
-		return nil
-	}
 	wait, err := s.enqueueIf(ev, before)
 	if err != nil || wait == nil {
-		return err
+		return wait == nil && err == nil, err
 	}
 	c.hub.load.note(s.info.ID, ev)
 	c.log.Info("gateway stream re-synced with the store", "gateway_id", s.info.ID, "live_grants", len(live))
@@ -721,7 +1037,7 @@ func (c *Controller) resyncStream(ctx context.Context, s *gwStream) error {
 	case <-s.out.done:
 	case <-pctx.Done():
 	}
-	return nil
+	return false, nil
 }
 
 // syncEvent is a sync of live, the live grants of one gateway.

@@ -509,7 +509,7 @@ func (c *Controller) routes() http.Handler {
 	h("POST /v1/gateway/certificate", c.gateway(c.handleGatewayCert))
 	h("POST /v1/gateway/hello", c.gateway(c.handleGatewayHello))
 	h("GET /v1/gateway/stream", c.gateway(c.handleGatewayStream))
-	h("POST /v1/gateway/ack", c.gateway(c.handleGatewayAck))
+	h("POST /v1/gateway/ack", c.streamGateway(c.handleGatewayAck))
 	h("POST /v1/gateway/flows", c.gateway(c.handleGatewayFlows))
 	h("POST /v1/gateway/peers", c.gateway(c.handleGatewayPeers))
 

@@ -105,12 +105,20 @@ func (c *Controller) gatewayUsable(gw api.GatewayID) bool {
 // it: the sync that opens its stream, then grants and revocations. It costs
 // no store query; a grant that ends counts until its NotAfter.
 type grantLoad struct {
-	mu   sync.Mutex                                  // guards byGW
+	mu   sync.Mutex                                  // guards byGW, swept
 	byGW map[api.GatewayID]map[api.GrantID]time.Time // grant → NotAfter
+	// swept is when each gateway's ended grants were last forgotten:
+	// count sweeps at most once per loadSweepEvery, not on every grant
+	// request (a gateway holds thousands of grants).
+	swept map[api.GatewayID]time.Time
 }
 
+// loadSweepEvery bounds how stale a load count may be: grants that ended
+// within it may still count (the picker's balance does not care).
+const loadSweepEvery = time.Second
+
 func newGrantLoad() *grantLoad {
-	return &grantLoad{byGW: make(map[api.GatewayID]map[api.GrantID]time.Time)}
+	return &grantLoad{byGW: make(map[api.GatewayID]map[api.GrantID]time.Time), swept: make(map[api.GatewayID]time.Time)}
 }
 
 // note updates gw's grants with an event queued for it.
@@ -139,10 +147,16 @@ func (l *grantLoad) count(gw api.GatewayID, now time.Time) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	m := l.byGW[gw]
+	if last, ok := l.swept[gw]; ok && now.Sub(last) < loadSweepEvery && !now.Before(last) {
+		return len(m)
+	}
 	for id, end := range m {
 		if !now.Before(end) {
 			delete(m, id)
 		}
+	}
+	if m != nil {
+		l.swept[gw] = now
 	}
 	return len(m)
 }

@@ -57,6 +57,9 @@ type gwStream struct {
 	// the last sync, then every push after it. The store re-sync compares
 	// the store's live grants with it.
 	held map[api.GrantID]heldGrant
+	// suspect is when each grant the store and held disagreed on was
+	// first seen to (see diff).
+	suspect map[api.GrantID]time.Time
 }
 
 // heldGrant is what a gateway was last told of one grant.
@@ -93,28 +96,45 @@ func (s *gwStream) opened(sync api.StreamEvent) {
 	s.trackLocked(sync)
 }
 
-// differs reports whether live (the store's live grants for the gateway)
-// differ from what the gateway was told, leaving out grants the gateway
-// expires on its own clock by now.
-func (s *gwStream) differs(live []api.GatewayGrant, now time.Time) bool {
+// diff compares live (the store's live grants for the gateway) with what
+// the gateway was told, leaving out grants the gateway expires on its own
+// clock by now. It reports whether they differ, and whether some grant
+// they differ in already did grace ago or more (a grant in flight — in
+// the store, its push not yet queued — differs only for a moment).
+func (s *gwStream) diff(live []store.Grant, now time.Time, grace time.Duration) (differs, confirmed bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := 0
-	for _, h := range s.held {
-		if h.notAfter.After(now) {
-			n++
-		}
-	}
-	if n != len(live) {
-		return true
-	}
+	var bad []api.GrantID
+	inLive := make(map[api.GrantID]struct{}, len(live))
 	for _, g := range live {
+		inLive[g.ID] = struct{}{}
 		h, ok := s.held[g.ID]
 		if !ok || !h.notAfter.Equal(g.NotAfter) || !h.key.Equal(g.ClientWGKey) {
-			return true
+			bad = append(bad, g.ID)
 		}
 	}
-	return false
+	for id, h := range s.held {
+		if _, ok := inLive[id]; !ok && h.notAfter.After(now) {
+			bad = append(bad, id)
+		}
+	}
+	if len(bad) == 0 {
+		s.suspect = nil
+		return false, false
+	}
+	seen := make(map[api.GrantID]time.Time, len(bad))
+	for _, id := range bad {
+		first, ok := s.suspect[id]
+		if !ok {
+			first = now
+		}
+		seen[id] = first
+		if !now.Before(first.Add(grace)) {
+			confirmed = true
+		}
+	}
+	s.suspect = seen
+	return true, confirmed
 }
 
 // gwLive is a connected gateway's self-reported, in-memory state.
@@ -241,7 +261,7 @@ func (h *streamHub) candidates(group string, now time.Time) []candidate {
 		remote = h.remote(group)
 	}
 	h.mu.Lock()
-	var cands []candidate
+	cands := make([]candidate, 0, len(h.streams)+len(remote))
 	for _, s := range h.streams {
 		if s.info.Group == group {
 			cands = append(cands, candidate{gw: s.info, draining: s.info.Draining, local: true})

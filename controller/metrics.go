@@ -22,6 +22,10 @@ type metrics struct {
 	// counts those closed because their reader fell too far behind.
 	deviceStreams        prometheus.Gauge
 	deviceStreamsDropped prometheus.Counter
+	// relayedPushes counts grant pushes sent to the controller holding the
+	// gateway's stream, by the path that carried them ("link": the direct
+	// channel; "gossip": the fallback) and whether the gateway took them.
+	relayedPushes *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -36,13 +40,16 @@ func newMetrics() *metrics {
 		deviceStreamsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "keyhole_controller_device_streams_dropped_total", Help: "Device event streams closed because their reader fell behind.",
 		}),
+		relayedPushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyhole_controller_relayed_pushes_total", Help: "Grant pushes relayed to the controller holding the gateway's stream, by path and result.",
+		}, []string{"path", "result"}),
 		decisionSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "keyhole_controller_grant_seconds", Help: "Time to decide and issue a grant, gateway ack included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
 	}
 	m.reg.MustRegister(m.grantsIssued, m.grantsRenewed, m.grantsDenied, m.grantsRevoked, m.streams, m.decisionSeconds,
-		m.deviceStreams, m.deviceStreamsDropped,
+		m.deviceStreams, m.deviceStreamsDropped, m.relayedPushes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

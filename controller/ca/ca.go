@@ -7,6 +7,7 @@ package ca
 import (
 	"crypto/ecdsa"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -19,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/keyhole-net/keyhole/internal/trust"
@@ -37,6 +39,10 @@ type CA struct {
 	key    *ecdsa.PrivateKey
 	server tls.Certificate
 	pool   *x509.CertPool
+
+	// verified remembers client certificates VerifyClient accepted, so a
+	// client's every request does not repeat the chain's signature check.
+	verified verifiedCerts
 }
 
 // Config says where the CA lives and which names the server certificate
@@ -267,8 +273,68 @@ func (c *CA) Sign(csrPEM, kind, id string, lifetime time.Duration, now time.Time
 // VerifyClient checks that cert was issued by this CA, is within its
 // validity at now, and names exactly one identity; it returns kind and ID.
 func (c *CA) VerifyClient(cert *x509.Certificate, now time.Time) (kind, id string, err error) {
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: c.pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	if v, ok := c.verified.lookup(cert, now); ok {
+		return v.kind, v.id, nil
+	}
+	chains, err := cert.Verify(x509.VerifyOptions{Roots: c.pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
 		return "", "", fmt.Errorf("client certificate: %w", err)
 	}
-	return trust.Identity(cert)
+	kind, id, err = trust.Identity(cert)
+	if err != nil {
+		return "", "", err
+	}
+	c.verified.add(cert, chains, kind, id)
+	return kind, id, nil
+}
+
+// maxVerifiedCerts bounds the cache of verified client certificates; a
+// full cache starts over (each client then verifies once more).
+const maxVerifiedCerts = 16384
+
+// verifiedCerts caches VerifyClient's answers by the certificate's bytes.
+// What it caches is a function of those bytes and the CA alone, except
+// time: each entry keeps the validity window of the chain it was verified
+// with, and counts only within it.
+type verifiedCerts struct {
+	mu sync.Mutex // guards m
+	m  map[[sha256.Size]byte]verifiedCert
+}
+
+type verifiedCert struct {
+	kind, id            string
+	notBefore, notAfter time.Time
+}
+
+func (v *verifiedCerts) lookup(cert *x509.Certificate, now time.Time) (verifiedCert, bool) {
+	k := sha256.Sum256(cert.Raw)
+	v.mu.Lock()
+	e, ok := v.m[k]
+	v.mu.Unlock()
+	if !ok || now.Before(e.notBefore) || now.After(e.notAfter) {
+		return verifiedCert{}, false
+	}
+	return e, true
+}
+
+func (v *verifiedCerts) add(cert *x509.Certificate, chains [][]*x509.Certificate, kind, id string) {
+	if len(chains) == 0 {
+		return
+	}
+	e := verifiedCert{kind: kind, id: id, notBefore: cert.NotBefore, notAfter: cert.NotAfter}
+	for _, c := range chains[0] {
+		if c.NotBefore.After(e.notBefore) {
+			e.notBefore = c.NotBefore
+		}
+		if c.NotAfter.Before(e.notAfter) {
+			e.notAfter = c.NotAfter
+		}
+	}
+	k := sha256.Sum256(cert.Raw)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.m == nil || len(v.m) >= maxVerifiedCerts {
+		v.m = make(map[[sha256.Size]byte]verifiedCert)
+	}
+	v.m[k] = e
 }

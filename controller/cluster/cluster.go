@@ -2,7 +2,10 @@
 // hashicorp/memberlist cluster: membership (who is up, at which address)
 // and fast, signed broadcasts between them, so that a revocation or a
 // grant push issued on one controller reaches the gateway whose control
-// stream another controller holds.
+// stream another controller holds; and a direct channel (link.go), one
+// persistent HTTP/2 connection in mutual TLS to each peer on the gossip
+// port, for requests one controller answers while another waits (a grant
+// push and the gateway's ack) and for news that should arrive now.
 //
 // The database stays the source of truth; gossip is the fast path, and it
 // heals: every event is versioned by (origin, epoch, seq) so receivers
@@ -12,8 +15,8 @@
 // partition still learns of it.
 //
 // Security: UDP gossip is encrypted and authenticated with the shared
-// SecretKey (memberlist's keyring); streams (joins, state exchange) are
-// additionally mutual TLS, where each side must present a certificate of
+// SecretKey (memberlist's keyring); streams (joins, state exchange, the
+// direct channel) are additionally mutual TLS, where each side must present a certificate of
 // the cluster's CA with the URI SAN keyhole://controller/<id>; a node is
 // admitted as a member only at an address where it proved that identity;
 // and every event is signed by its origin's certificate key, so holding
@@ -37,6 +40,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/http"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -200,6 +204,10 @@ type Config struct {
 	// OnMember is told of joins, leaves, failures and updates of other
 	// members, in order, on its own goroutine.
 	OnMember func(MemberEvent)
+	// Link serves requests other controllers send over the direct channel
+	// (Cluster.Call); LinkPeer names the caller. It must return when the
+	// request's context ends. Nil: this node refuses the direct channel.
+	Link http.Handler
 	// EventTTL is how long a Broadcast event is spread and remembered
 	// (DefaultEventTTL when zero).
 	EventTTL time.Duration
@@ -278,6 +286,12 @@ type Cluster struct {
 	signer crypto.Signer
 	epoch  uint64
 
+	// link is the direct channel's client side (link.go); linkMu guards
+	// linkPeers, its state per peer.
+	link      *http.Transport
+	linkMu    sync.Mutex
+	linkPeers map[string]*linkPeerState
+
 	seqMu sync.Mutex // guards seq
 	seq   uint64
 
@@ -293,6 +307,12 @@ type Cluster struct {
 	ctx    context.Context // ends at Shutdown; handlers get it
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the workers and the connector
+
+	// tellMu guards tellClosed and orders tellWG.Add before the Wait of
+	// Shutdown; tellWG counts Tell's calls in flight.
+	tellMu     sync.Mutex
+	tellClosed bool
+	tellWG     sync.WaitGroup
 
 	// lifeMu serialises Leave and Shutdown, which memberlist requires
 	// (Leave after Shutdown panics there).
@@ -391,12 +411,15 @@ func New(cfg Config) (*Cluster, error) {
 		log:              logger,
 		peers:            c.peers,
 		now:              time.Now,
+		link:             cfg.Link,
 	})
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	c.tr = tr
+	c.link = c.newLinkClient()
+	c.linkPeers = make(map[string]*linkPeerState)
 	// Our own certificate verifies the events of our earlier runs.
 	leaf, _ := x509.ParseCertificate(cfg.Certificate.Certificate[0])
 	c.peers.learn(cfg.NodeName, leaf, "")
@@ -677,6 +700,11 @@ func (c *Cluster) Shutdown() error {
 	c.stopOnce.Do(func() {
 		c.tr.abort()
 		c.cancel()
+		c.tellMu.Lock()
+		c.tellClosed = true
+		c.tellMu.Unlock()
+		c.tellWG.Wait()
+		c.link.CloseIdleConnections()
 		c.wg.Wait()
 		if err := c.ml.Shutdown(); err != nil {
 			c.stopErr = fmt.Errorf("cluster shutdown: %w", err)

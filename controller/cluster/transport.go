@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-sockaddr"
@@ -40,6 +43,8 @@ type transportConfig struct {
 	log              *slog.Logger
 	peers            *peerRegistry
 	now              func() time.Time
+	// link serves the direct channel (Config.Link); nil refuses it.
+	link http.Handler
 }
 
 // tlsTransport is a memberlist.NodeAwareTransport: packets are plain UDP
@@ -61,6 +66,12 @@ type tlsTransport struct {
 	handshakes chan struct{} // semaphore, capacity maxHandshakes
 	wg         sync.WaitGroup
 	closeOnce  sync.Once
+
+	// linkSrv serves direct-channel connections (link.go), which
+	// serveStream hands it through linkLn; linkConns counts those open.
+	linkSrv   *http.Server
+	linkLn    *linkListener
+	linkConns atomic.Int64
 
 	// mu guards blocked: the test hook that cuts this node off from some
 	// peers (a partition), by name and by gossip address.
@@ -117,9 +128,14 @@ func newTLSTransport(cfg transportConfig) (*tlsTransport, error) {
 		handshakes: make(chan struct{}, maxHandshakes),
 		blocked:    make(map[string]bool),
 	}
-	t.wg.Add(2)
+	t.linkSrv, t.linkLn = t.newLinkServer()
+	t.wg.Add(3)
 	go t.readPackets()
 	go t.acceptStreams()
+	go func() {
+		defer t.wg.Done()
+		_ = t.linkSrv.Serve(t.linkLn) // returns at Close
+	}()
 	return t, nil
 }
 
@@ -218,10 +234,10 @@ func (t *tlsTransport) DialAddressTimeout(a memberlist.Address, timeout time.Dur
 	if err != nil {
 		return nil, fmt.Errorf("cluster dial %s: %w", a.String(), err)
 	}
-	conf := t.tlsConfig()
+	conf := t.tlsConfig(alpnProto)
 	conf.InsecureSkipVerify = true // verified below, against our CA and identity rules
 	conf.VerifyConnection = func(cs tls.ConnectionState) error {
-		id, leaf, err := t.verify(cs, a.Name)
+		id, leaf, err := t.verify(cs, alpnProto, a.Name)
 		if err != nil {
 			return err
 		}
@@ -250,22 +266,25 @@ func (t *tlsTransport) Shutdown() error {
 		t.cancel()
 		t.tcp.Close()
 		t.udp.Close()
+		t.linkSrv.Close() // its listener and every connection
 	})
 	t.wg.Wait()
 	return nil
 }
 
-func (t *tlsTransport) tlsConfig() *tls.Config {
+func (t *tlsTransport) tlsConfig(protos ...string) *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{t.cfg.cert},
-		NextProtos:   []string{alpnProto},
+		NextProtos:   protos,
 	}
 }
 
-func (t *tlsTransport) verify(cs tls.ConnectionState, want string) (string, *x509.Certificate, error) {
-	if cs.NegotiatedProtocol != alpnProto {
-		return "", nil, fmt.Errorf("peer does not speak %s", alpnProto)
+// verify checks that the peer speaks one of protos and is a controller
+// of the cluster's CA (named want, unless want is empty).
+func (t *tlsTransport) verify(cs tls.ConnectionState, protos string, want string) (string, *x509.Certificate, error) {
+	if cs.NegotiatedProtocol == "" || !strings.Contains(","+protos+",", ","+cs.NegotiatedProtocol+",") {
+		return "", nil, fmt.Errorf("peer does not speak %s", protos)
 	}
 	return verifyController(cs.PeerCertificates, t.cfg.roots, want, t.cfg.now())
 }
@@ -330,20 +349,28 @@ func (t *tlsTransport) acceptStreams() {
 		t.wg.Add(1)
 		go func() {
 			defer t.wg.Done()
-			defer func() { <-t.handshakes }()
-			t.serveStream(raw)
+			conn, peer := t.serveStream(raw)
+			<-t.handshakes
+			if conn != nil {
+				t.serveLink(conn, peer)
+			}
 		}()
 	}
 }
 
 // serveStream runs the server side of the TLS handshake and, once the
-// peer proved it is a controller, hands the stream to memberlist.
-func (t *tlsTransport) serveStream(raw *net.TCPConn) {
-	conf := t.tlsConfig()
+// peer proved it is a controller, hands a gossip stream to memberlist, or
+// returns a direct-channel connection (and the peer's ID) for serveLink.
+func (t *tlsTransport) serveStream(raw *net.TCPConn) (link *tls.Conn, linkPeer string) {
+	protos := []string{alpnProto}
+	if t.cfg.link != nil {
+		protos = append(protos, linkProto)
+	}
+	conf := t.tlsConfig(protos...)
 	conf.ClientAuth = tls.RequireAnyClientCert // verified below, against our CA and identity rules
 	var peer string
 	conf.VerifyConnection = func(cs tls.ConnectionState) error {
-		id, leaf, err := t.verify(cs, "")
+		id, leaf, err := t.verify(cs, strings.Join(protos, ","), "")
 		if err != nil {
 			return err
 		}
@@ -358,17 +385,21 @@ func (t *tlsTransport) serveStream(raw *net.TCPConn) {
 	if err != nil {
 		t.cfg.log.Debug("cluster: rejected stream", "remote", raw.RemoteAddr().String(), "err", err)
 		raw.Close()
-		return
+		return nil, ""
 	}
 	if t.isBlocked(peer, "") {
 		conn.Close()
-		return
+		return nil, ""
+	}
+	if conn.ConnectionState().NegotiatedProtocol == linkProto {
+		return conn, peer
 	}
 	select {
 	case t.streamCh <- conn:
 	case <-t.ctx.Done():
 		conn.Close()
 	}
+	return nil, ""
 }
 
 // partition is a test hook: it makes this node drop every packet to or

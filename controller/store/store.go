@@ -115,6 +115,18 @@ type AdminToken struct {
 	RevokedAt time.Time // zero while valid
 }
 
+// DeviceSession is a session with its device and the device's user, as
+// Store.DeviceSession reads them. DeviceErr and UserErr are what Device
+// and User would have returned (ErrNotFound when gone); with DeviceErr
+// set, User is not read.
+type DeviceSession struct {
+	Session   Session
+	Device    Device
+	DeviceErr error
+	User      User
+	UserErr   error
+}
+
 // Session is a user session bound to one device.
 type Session struct {
 	Hash      string // hex SHA-256 of the session token
@@ -303,6 +315,12 @@ type Store interface {
 	// Sessions.
 	CreateSession(ctx context.Context, s Session) error
 	Session(ctx context.Context, hash string) (Session, error)
+	// DeviceSession reads what authenticates a device's every request
+	// together: the session with hash (its error is DeviceSession's), the
+	// session's device and that device's user, in one round trip where
+	// the store has round trips. Each part is what Session, Device and
+	// User return.
+	DeviceSession(ctx context.Context, hash string) (DeviceSession, error)
 	DeleteSessions(ctx context.Context, deviceID api.DeviceID) error
 
 	// Grants. CreateGrant stores the grant and its audit event in one

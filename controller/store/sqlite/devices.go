@@ -179,6 +179,20 @@ func (s *Store) Session(ctx context.Context, hash string) (store.Session, error)
 	return ss, nil
 }
 
+// DeviceSession implements store.Store: three reads of the local
+// database (there is no round trip to save).
+func (s *Store) DeviceSession(ctx context.Context, hash string) (store.DeviceSession, error) {
+	var ds store.DeviceSession
+	var err error
+	if ds.Session, err = s.Session(ctx, hash); err != nil {
+		return store.DeviceSession{}, err
+	}
+	if ds.Device, ds.DeviceErr = s.Device(ctx, ds.Session.DeviceID); ds.DeviceErr == nil {
+		ds.User, ds.UserErr = s.User(ctx, ds.Device.User)
+	}
+	return ds, nil
+}
+
 // DeleteSessions implements store.Store. Deleting none is not an error:
 // logging a device out twice is fine.
 func (s *Store) DeleteSessions(ctx context.Context, deviceID api.DeviceID) error {

@@ -47,7 +47,7 @@ func liveGrantsSQL(filter int) string {
 		// of grants, a gateway thousands.
 		q += ` AND +gateway_id = ? AND device_id = ?`
 	case liveByDeviceApp:
-		q += ` AND device_id = ? AND +app_id = ?`
+		q += ` AND device_id = ? AND app_id = ?`
 	}
 	return q + ` ORDER BY created_at, id`
 }

@@ -753,6 +753,22 @@ func testSessions(t *testing.T, s store.Store) {
 	_, err = s.Session(ctx, "nope")
 	wantErr(t, "Session unknown", err, store.ErrNotFound)
 
+	// DeviceSession: the same session, device and user as the three
+	// reads alone.
+	ds, err := s.DeviceSession(ctx, "s1")
+	mustOK(t, err)
+	wantEqual(t, "DeviceSession session", ds.Session, ss)
+	mustOK(t, ds.DeviceErr)
+	mustOK(t, ds.UserErr)
+	wantDev, err := s.Device(ctx, d.ID)
+	mustOK(t, err)
+	wantEqual(t, "DeviceSession device", ds.Device, wantDev)
+	wantUser, err := s.User(ctx, "alice")
+	mustOK(t, err)
+	wantEqual(t, "DeviceSession user", ds.User, wantUser)
+	_, err = s.DeviceSession(ctx, "nope")
+	wantErr(t, "DeviceSession unknown", err, store.ErrNotFound)
+
 	mustOK(t, s.DeleteSessions(ctx, d.ID))
 	for _, h := range []string{"s1", "s2"} {
 		_, err = s.Session(ctx, h)
