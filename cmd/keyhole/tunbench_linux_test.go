@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +26,9 @@ import (
 // stock wireguard-go in the same lab (make bench-lab).
 
 const (
-	tunBenchRuns = 5 // throughput runs per path; the median is reported
+	// tunBenchRuns is the throughput runs per path (the median is
+	// reported); envLabBenchRuns overrides it.
+	tunBenchRuns = 5
 	// tunBenchWarmBytes is fetched once per path before the runs: the
 	// first transfer through fresh processes is consistently slower.
 	tunBenchWarmBytes = 64 << 20
@@ -40,6 +43,23 @@ const (
 	// a query that finds the agent idle, as an application's would.
 	dnsPace = 60 * time.Millisecond
 )
+
+// envLabBenchTUNOnly=1 with envLabBench=1 stops TestLabTUNFigures after
+// the gateway --tun and stock rows: no resolver, userspace-gateway or
+// plain figures, for iterating on the TUN data path.
+const envLabBenchTUNOnly = "KEYHOLE_LAB_BENCH_TUN_ONLY"
+
+// envLabBenchRuns, a positive number, replaces tunBenchRuns: more paired
+// runs narrow the ratio on a noisy machine.
+const envLabBenchRuns = "KEYHOLE_LAB_BENCH_RUNS"
+
+// benchRuns is the number of throughput runs per path.
+func benchRuns() int {
+	if n, err := strconv.Atoi(os.Getenv(envLabBenchRuns)); err == nil && n > 0 {
+		return n
+	}
+	return tunBenchRuns
+}
 
 // The stock tunnel's own addresses: the client and gateway ends, in the
 // overlay range but far from what the lab's controller hands out.
@@ -89,11 +109,19 @@ func TestLabTUNFigures(t *testing.T) {
 	wiki := netip.AddrPortFrom(wikiVIP, labAppPort)
 	rx0, stockRx0 := wgRxBytes(t, tl.must("wg", "show", dev, "transfer")), cl.rxBytes()
 	keyhole, stock := tl.alternate(wiki, app)
-	if rx := wgRxBytes(t, tl.must("wg", "show", dev, "transfer")) - rx0; rx < uint64(tunBenchRuns*n) {
-		t.Fatalf("%s received %d bytes for %d downloads of %d: not through the tunnel", dev, rx, tunBenchRuns, n)
+	if rx := wgRxBytes(t, tl.must("wg", "show", dev, "transfer")) - rx0; rx < uint64(benchRuns())*uint64(n) {
+		t.Fatalf("%s received %d bytes for %d downloads of %d: not through the tunnel", dev, rx, benchRuns(), n)
 	}
-	if rx := cl.rxBytes() - stockRx0; rx < uint64(tunBenchRuns*n) {
-		t.Fatalf("%s received %d bytes for %d downloads of %d: not through the tunnel", cl.name, rx, tunBenchRuns, n)
+	if rx := cl.rxBytes() - stockRx0; rx < uint64(benchRuns())*uint64(n) {
+		t.Fatalf("%s received %d bytes for %d downloads of %d: not through the tunnel", cl.name, rx, benchRuns(), n)
+	}
+
+	if os.Getenv(envLabBenchTUNOnly) == "1" {
+		t.Logf("\n%-42s %8.0f   %s\n%-42s %8.0f   %s\nkeyhole/stock: %.2f (paired: %s); load average before: %s, after: %s",
+			"keyhole up --tun → gateway --tun → app", median(keyhole), formatRuns(keyhole),
+			"stock wireguard-go TUN↔TUN → app", median(stock), formatRuns(stock),
+			median(keyhole)/median(stock), formatRatios(keyhole, stock), loadBefore, loadAverage())
+		return
 	}
 
 	resolver := netip.AddrPortFrom(tl.overlayIP(t), 53)
@@ -120,12 +148,12 @@ func TestLabTUNFigures(t *testing.T) {
 	<-agent.done
 
 	var plain []float64
-	for range tunBenchRuns {
+	for range benchRuns() {
 		plain = append(plain, tl.plainThroughput())
 	}
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "\none TCP stream, %d MiB from the app to a kernel socket on the client, median of %d after a %d MiB warm-up, Keyhole and stock runs alternating\n", n>>20, tunBenchRuns, tunBenchWarmBytes>>20)
+	fmt.Fprintf(&b, "\none TCP stream, %d MiB from the app to a kernel socket on the client, median of %d after a %d MiB warm-up, Keyhole and stock runs alternating\n", n>>20, benchRuns(), tunBenchWarmBytes>>20)
 	fmt.Fprintf(&b, "%-42s %8s   %s\n", "path", "Mbit/s", "runs")
 	for _, r := range []struct {
 		name string
@@ -144,7 +172,7 @@ func TestLabTUNFigures(t *testing.T) {
 	if k < s {
 		verdict = "BELOW"
 	}
-	fmt.Fprintf(&b, "keyhole/stock: %.2f (gateway --tun; target ≥ 1.00, %s); userspace gateway/stock (its own stock runs): %.2f; keyhole/plain: %.2f; stock/plain: %.2f\n\n", k/s, verdict, median(netstack)/median(stock2), k/p, s/p)
+	fmt.Fprintf(&b, "keyhole/stock: %.2f (gateway --tun; target ≥ 1.00, %s; paired runs %s); userspace gateway/stock (its own stock runs): %.2f; keyhole/plain: %.2f; stock/plain: %.2f\n\n", k/s, verdict, formatRatios(keyhole, stock), median(netstack)/median(stock2), k/p, s/p)
 	fmt.Fprintf(&b, "agent resolver (UDP from the client namespace to %s, one query every %v)\n", resolver, dnsPace)
 	fmt.Fprintf(&b, "%-40s %8s %8s %8s\n", "query", "p50", "p99", "max")
 	for _, r := range []struct {
@@ -182,7 +210,7 @@ func (tl *tunLab) alternate(a, b netip.AddrPort) (ra, rb []float64) {
 	tl.t.Helper()
 	tl.fetchBytes(a, tunBenchWarmBytes)
 	tl.fetchBytes(b, tunBenchWarmBytes)
-	for range tunBenchRuns {
+	for range benchRuns() {
 		ra = append(ra, tl.fetchBytes(a, benchBytes))
 		rb = append(rb, tl.fetchBytes(b, benchBytes))
 	}
@@ -323,6 +351,16 @@ func startStockTunnel(t *testing.T, l *lab.Lab, bin string) (client *stockWG) {
 	cl.waitHandshake(15 * time.Second)
 	gw.waitHandshake(5 * time.Second)
 	return cl
+}
+
+// formatRatios formats the ratio of each run of a to the run of b it was
+// paired with.
+func formatRatios(a, b []float64) string {
+	parts := make([]string, min(len(a), len(b)))
+	for i := range parts {
+		parts[i] = fmt.Sprintf("%.2f", a[i]/b[i])
+	}
+	return strings.Join(parts, " ")
 }
 
 // median returns the median of xs (the mean of the middle two for an even
