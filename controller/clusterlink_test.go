@@ -95,3 +95,48 @@ func TestClusterDirectChannel(t *testing.T) {
 		t.Fatalf("push through the public API: %v; want refused", err)
 	}
 }
+
+// TestClusterPushNotHeld: when A's view of who holds a gateway is stale
+// (it names B, which never held the gateway or no longer does, while C
+// holds it), B answers A's direct push with "not held", and A falls back
+// to gossip, which C answers: the grant still reaches the gateway before
+// the client gets it.
+func TestClusterPushNotHeld(t *testing.T) {
+	envs := newClusterEnvs(t, 3)
+	a, b, c := envs[0], envs[1], envs[2]
+	ctx := context.Background()
+	a.seedWiki(ctx)
+	gw := c.addGatewayWith("site", nil)
+	waitOwner(t, a, gw, c)
+	waitOwner(t, b, gw, c)
+	count := func(path, result string) float64 {
+		var m dto.Metric
+		if err := a.c.metrics.relayedPushes.WithLabelValues(path, result).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetCounter().GetValue()
+	}
+
+	// A's view goes stale: it now believes B holds the gateway. (C's next
+	// gateway.here announcement would correct it, 10 s later.)
+	a.c.peers.mu.Lock()
+	r := a.c.peers.gateways[gw.ID()]
+	r.controller = b.c.id
+	a.c.peers.gateways[gw.ID()] = r
+	a.c.peers.mu.Unlock()
+	if owner, _ := a.c.gatewayOwner(gw.ID()); owner != b.c.id {
+		t.Fatalf("A's view of the gateway's holder is %q, want B (%s)", owner, b.c.id)
+	}
+
+	d := a.login("alice")
+	g := d.mustGrant("wiki.corp.internal")
+	if _, ok := gw.Table().Lookup(g.Grant.ID); !ok {
+		t.Fatalf("gateway (on C) does not hold grant %s, issued on A while A thought B held the gateway", g.Grant.ID)
+	}
+	if got := count("gossip", "ok"); got != 1 {
+		t.Fatalf("%v pushes fell back to gossip, want 1 (link ok %v, link failed %v)", got, count("link", "ok"), count("link", "failed"))
+	}
+	if got := count("link", "ok"); got != 0 {
+		t.Fatalf("%v pushes counted as delivered over the direct channel by B, which does not hold the gateway", got)
+	}
+}
